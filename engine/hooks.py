@@ -1,0 +1,166 @@
+"""Find the layers of any model at a depth, name them, and attach / detach timing hooks.
+
+Layers are found structurally, so any transformers model (and any plain ``nn.Module``) works: the
+transformer blocks are the biggest ``ModuleList`` of same-typed modules; the top-level layers are
+those blocks plus every sibling met on the way down to them (embeddings, final norm, head, pooler).
+Top-level layers never overlap, so their moments add up to the covered part of a step.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+DEPTHS = ("blocks", "sublayers", "leaves")
+
+# Modules that do no work at inference: hooking them costs time and shows only noise.
+_SKIP = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
+
+
+@dataclass
+class Layer:
+    name: str               # module path in the model, e.g. "transformer.h.3.attn"
+    module: nn.Module
+    parent: int | None      # index of the enclosing top-level layer; None for a top-level layer
+
+
+def _block_list(model: nn.Module) -> tuple[list[str], nn.Module] | None:
+    """Path (names from the root) to the biggest list of same-typed blocks, or None."""
+    best = None
+    best_key = None
+    for path, mod in model.named_modules():
+        if not isinstance(mod, (nn.ModuleList, nn.Sequential)) or len(mod) < 2:
+            continue
+        types = {type(child) for child in mod}
+        if len(types) != 1:
+            continue
+        n_params = sum(p.numel() for p in mod.parameters())
+        key = (n_params, len(mod), -path.count("."))
+        if best_key is None or key > best_key:
+            best, best_key = (path.split(".") if path else [], mod), key
+    return best
+
+
+def _skip(mod: nn.Module) -> bool:
+    return isinstance(mod, _SKIP)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def top_level_layers(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], set[int]]:
+    """Top-level (name, module) pairs in registration order, and the ids of the block modules."""
+    found = _block_list(model)
+    if found is None:
+        children = [(n, m) for n, m in model.named_children() if not _skip(m)]
+        return (children or [("(model)", model)]), set()
+    path, blocks = found
+    out: list[tuple[str, nn.Module]] = []
+
+    def walk(mod: nn.Module, prefix: str, rest: list[str]) -> None:
+        if not rest:  # mod is the block list itself
+            for name, child in mod.named_children():
+                out.append((_join(prefix, name), child))
+            return
+        for name, child in mod.named_children():
+            if name == rest[0]:
+                walk(child, _join(prefix, name), rest[1:])
+            elif not _skip(child):
+                out.append((_join(prefix, name), child))
+
+    walk(model, "", path)
+    return out, {id(b) for b in blocks}
+
+
+def find_layers(model: nn.Module, depth: str = "blocks") -> list[Layer]:
+    """The layers to time at ``depth``; children follow their top-level layer, which is their parent."""
+    if depth not in DEPTHS:
+        raise ValueError(f"depth must be one of {', '.join(DEPTHS)}, not {depth!r}")
+    tops, block_ids = top_level_layers(model)
+    layers: list[Layer] = []
+    for name, mod in tops:
+        parent = len(layers)
+        layers.append(Layer(name, mod, None))
+        if depth == "sublayers" and id(mod) in block_ids:
+            for cname, child in mod.named_children():
+                if not _skip(child):
+                    layers.append(Layer(_join(name, cname), child, parent))
+        elif depth == "leaves":
+            for cname, child in mod.named_modules():
+                if cname and not any(True for _ in child.children()) and not _skip(child):
+                    layers.append(Layer(_join(name, cname), child, parent))
+    return layers
+
+
+class StepHooks:
+    """Forward hooks on the root (step begin / end) and on every layer (moment start / stop).
+
+    The root's pre-hook is prepended and its post-hook registered last, so a root that is also a
+    layer still nests inside its own step. ``detach`` is idempotent; use as a context manager so the
+    hooks go even when the forward raises.
+    """
+
+    def __init__(self, model: nn.Module, layers: list[Layer], timer: Any,
+                 on_step_begin: Callable[[tuple, dict], None], on_step_end: Callable[[bool], None]):
+        self.model = model
+        self.layers = layers
+        self.timer = timer
+        self.on_step_begin = on_step_begin
+        self.on_step_end = on_step_end
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._depth = 0
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def attach(self) -> "StepHooks":
+        if self._handles:
+            return self
+        try:
+            self._handles.append(self.model.register_forward_pre_hook(
+                self._root_pre, prepend=True, with_kwargs=True))
+            for i, layer in enumerate(self.layers):
+                start, stop = self.timer.start, self.timer.stop
+                # Default arguments bind i now and keep the hooks to one call each.
+                self._handles.append(layer.module.register_forward_pre_hook(lambda m, a, _i=i, _f=start: _f(_i)))
+                self._handles.append(layer.module.register_forward_hook(lambda m, a, o, _i=i, _f=stop: _f(_i)))
+            self._handles.append(self.model.register_forward_hook(self._root_post, always_call=True))
+        except BaseException:
+            self.detach()
+            raise
+        return self
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._depth = 0
+
+    def _root_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._depth += 1
+        if self._depth == 1:  # a model that calls itself (rare) is still one step
+            self.on_step_begin(args, kwargs)
+
+    def _root_post(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            # always_call hooks run inside torch's `except Exception` when the forward raised:
+            # that step is cut short and is dropped rather than recorded with partial times.
+            self.on_step_end(sys.exc_info()[1] is not None)
+
+    def __enter__(self) -> "StepHooks":
+        return self.attach()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.detach()
+
+
+def count_hooks(model: nn.Module) -> int:
+    """Forward hooks currently attached anywhere in ``model`` (tests check they all go)."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())

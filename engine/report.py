@@ -1,0 +1,106 @@
+"""Summary tables as text (rich) or JSON: the headless run's ending and ``moments report``."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .stats import Summary
+
+
+def fmt_ms(ms: float) -> str:
+    if ms is None or math.isnan(ms):
+        return "—"
+    if ms >= 100:
+        return f"{ms:.1f}"
+    if ms >= 1:
+        return f"{ms:.3f}"
+    return f"{ms:.4f}"
+
+
+def fmt_cycles(c: float) -> str:
+    """Cycles with an SI suffix: 1.23 M, 456 k."""
+    if c is None or math.isnan(c):
+        return "n/a"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(c) >= scale:
+            return f"{c / scale:.2f} {unit}"
+    return f"{c:.0f}"
+
+
+def share_bar(share: float, width: int = 10) -> str:
+    if share is None or math.isnan(share):
+        return ""
+    filled = share * width
+    full = int(filled)
+    partial = "▏▎▍▌▋▊▉"[int((filled - full) * 7)] if full < width and filled - full >= 1 / 7 else ""
+    return ("█" * full + partial).ljust(width)
+
+
+def _describe(header: dict[str, Any] | None) -> str:
+    if not header:
+        return ""
+    m, d, c = header.get("model", {}), header.get("device", {}), header.get("clock", {})
+    random = "  [RANDOM WEIGHTS]" if m.get("random_weights") else ""
+    dev = d.get("name") or d.get("kind", "?")
+    return (f"model {m.get('name')} ({m.get('architecture')}, {m.get('parameters', 0) / 1e6:.1f} M params, "
+            f"{m.get('dtype')}){random}\ndevice {dev}  timer {header.get('timer')}  "
+            f"clock {c.get('source')}  depth {header.get('depth')}")
+
+
+def build_tables(summary: Summary, header: dict[str, Any] | None = None) -> list[Any]:
+    layers = Table(title="Moments per layer", title_justify="left", show_edge=False, pad_edge=False)
+    for col, justify in (("layer", "left"), ("calls", "right"), ("mean ms", "right"), ("p50 ms", "right"),
+                         ("p99 ms", "right"), ("cycles", "right"), ("share", "right"), ("", "left")):
+        layers.add_column(col, justify=justify, no_wrap=True)
+    for row in summary.layers:
+        name = row.name if row.parent is None else "  " + row.name
+        layers.add_row(name, str(row.count), fmt_ms(row.mean_ms), fmt_ms(row.p50_ms), fmt_ms(row.p99_ms),
+                       fmt_cycles(row.mean_cycles), f"{row.share * 100:5.1f}%",
+                       share_bar(row.share) if row.parent is None else "")
+    steps = Table(title="Step time by kind", title_justify="left", show_edge=False, pad_edge=False)
+    for col in ("kind", "steps", "tokens", "mean ms", "std ms", "p50 ms", "p90 ms", "p99 ms"):
+        steps.add_column(col, justify="left" if col == "kind" else "right", no_wrap=True)
+    for s in summary.steps:
+        steps.add_row(s.kind, str(s.count), str(s.tokens), fmt_ms(s.mean_ms), fmt_ms(s.std_ms),
+                      fmt_ms(s.p50_ms), fmt_ms(s.p90_ms), fmt_ms(s.p99_ms))
+    window = (f" (statistics over the last {summary.steps_in_window} of {summary.steps_total} steps)"
+              if summary.steps_in_window < summary.steps_total else "")
+    foot = (f"coverage {summary.coverage * 100:.1f}% of step time in top-level layers; unattributed "
+            f"{fmt_ms(summary.unattributed_ms_mean)} ms/step{window}"
+            if summary.steps_in_window else "no steps recorded")
+    head = _describe(header)
+    return ([head] if head else []) + [layers, steps, foot]
+
+
+def render_text(summary: Summary, header: dict[str, Any] | None = None, width: int = 110,
+                color: bool = False) -> str:
+    buf = io.StringIO()
+    console = Console(file=buf, width=width, color_system="standard" if color else None,
+                      force_terminal=color, highlight=False)
+    for part in build_tables(summary, header):
+        console.print(part)
+        console.print()
+    return buf.getvalue().rstrip() + "\n"
+
+
+def render_json(summary: Summary, header: dict[str, Any] | None = None) -> str:
+    doc = {"model": (header or {}).get("model"), "device": (header or {}).get("device"),
+           "clock": (header or {}).get("clock"), **summary.to_dict()}
+    return json.dumps(_finite(doc), indent=2)
+
+
+def _finite(x: Any) -> Any:
+    """NaN / inf (a layer that never fired) become null: JSON has no NaN."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x

@@ -1,0 +1,60 @@
+"""Stream inputs through a loaded model under a Monitor: one encoder batch, or one generate() call."""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+import torch
+
+from .errors import MomentsError
+from .inputs import batches
+from .models import LoadedModel
+from .monitor import NO_LAYER_TIMING, Monitor
+
+
+def run_batch(loaded: LoadedModel, texts: list[str], max_new_tokens: int) -> tuple[list[str] | None, int]:
+    """Run one batch; return (generated texts or None, forward steps the model should have taken)."""
+    tok = loaded.tokenizer
+    enc = tok(texts, return_tensors="pt", padding=True, truncation=True,
+              max_length=min(getattr(tok, "model_max_length", 512) or 512, 512)).to(loaded.device)
+    with torch.inference_mode():
+        if not loaded.generative:
+            loaded.model(**enc)
+            return None, 1
+        # Only what every decoder takes (the MiniLM tokenizer also returns token_type_ids).
+        out = loaded.model.generate(
+            input_ids=enc["input_ids"], attention_mask=enc.get("attention_mask"), max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
+            pad_token_id=tok.pad_token_id)
+    new = out[:, enc["input_ids"].shape[1]:]
+    return tok.batch_decode(new, skip_special_tokens=True), max_new_tokens
+
+
+def stream(loaded: LoadedModel, texts: list[str], monitor: Monitor, *, batch_size: int = 1,
+           max_new_tokens: int = 32, steps: int | None = None, stop: threading.Event | None = None,
+           on_batch: Callable[[int], None] | None = None) -> int:
+    """Run batches until ``steps`` steps were taken (None: until ``stop`` is set); return batches run.
+
+    A batch is never cut in the middle, so a decoder session ends after its last generate() call.
+    If the model runs but the hooks see fewer steps than it took, that is reported once (CUDA graphs).
+    """
+    if max_new_tokens < 1:
+        raise MomentsError("--max-new-tokens must be at least 1")
+    n_batches = 0
+    warned = False
+    for batch in batches(texts, batch_size, loop=True):
+        if stop is not None and stop.is_set():
+            break
+        if steps is not None and monitor.steps_started >= steps:
+            break
+        before = monitor.steps_started
+        outputs, expected = run_batch(loaded, batch, max_new_tokens)
+        seen = monitor.steps_started - before
+        if seen < expected and not warned:
+            warned = True
+            monitor.note_status(f"{NO_LAYER_TIMING}: saw {seen} of {expected} forward steps")
+        monitor.note_text(batch, outputs)
+        n_batches += 1
+        if on_batch is not None:
+            on_batch(n_batches)
+    return n_batches

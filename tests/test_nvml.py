@@ -1,0 +1,305 @@
+"""engine.nvml against a fake pynvml binding (gpustat-style scenarios); no GPU needed."""
+
+from __future__ import annotations
+
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from engine import nvml
+from engine.nvml import NvmlUnavailable, decode_reasons, open_device
+
+
+class NVMLError(Exception):
+    def __init__(self, value: int = 999) -> None:
+        super().__init__(value)
+        self.value = value
+
+    def __str__(self) -> str:
+        return {3: "Not Supported", 15: "GPU is lost", 9: "Driver Not Loaded"}.get(
+            self.value, f"NVML error {self.value}"
+        )
+
+
+def _err(name: str, value: int) -> type:
+    return type(name, (NVMLError,), {"__init__": lambda self: NVMLError.__init__(self, value)})
+
+
+NotSupported = _err("NVMLError_NotSupported", 3)
+GpuIsLost = _err("NVMLError_GpuIsLost", 15)
+DriverNotLoaded = _err("NVMLError_DriverNotLoaded", 9)
+FunctionNotFound = _err("NVMLError_FunctionNotFound", 13)
+Timeout = _err("NVMLError_Timeout", 10)
+
+
+class FakeNvml:
+    """A module-like fake: only what engine.nvml uses, with switches for each scenario."""
+
+    NVMLError = NVMLError
+    NVMLError_NotSupported = NotSupported
+    NVMLError_GpuIsLost = GpuIsLost
+    NVMLError_DriverNotLoaded = DriverNotLoaded
+    NVMLError_FunctionNotFound = FunctionNotFound
+    NVMLError_Timeout = Timeout
+    NVML_CLOCK_SM = 1
+    NVML_CLOCK_MEM = 2
+    NVML_TEMPERATURE_GPU = 0
+
+    def __init__(self, count: int = 2) -> None:
+        self.count = count
+        self.calls: dict[str, int] = {}
+        self.inits = self.shutdowns = 0
+        self.lost = False
+        self.init_error: Exception | None = None
+        self.not_supported: set[str] = set()
+        self.transient: set[str] = set()
+        self.reasons = 0x4 | 0x40
+        self.sm_mhz, self.mem_mhz = 1980, 3201
+
+    def _hit(self, name: str) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+        if self.lost:
+            raise GpuIsLost()
+        if name in self.not_supported:
+            raise NotSupported()
+        if name in self.transient:
+            self.transient.discard(name)
+            raise Timeout()
+
+    def nvmlInit(self):
+        if self.init_error is not None:
+            raise self.init_error
+        self.inits += 1
+
+    def nvmlShutdown(self):
+        self.shutdowns += 1
+
+    def nvmlDeviceGetCount(self):
+        return self.count
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return ("handle", i)
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        if uuid != "GPU-abc":
+            raise NVMLError(6)  # not found
+        return ("handle", "uuid")
+
+    def nvmlSystemGetDriverVersion(self):
+        self._hit("nvmlSystemGetDriverVersion")
+        return b"550.54.15"  # old bindings return bytes
+
+    def nvmlDeviceGetName(self, h):
+        self._hit("nvmlDeviceGetName")
+        return "NVIDIA H200"
+
+    def nvmlDeviceGetUUID(self, h):
+        self._hit("nvmlDeviceGetUUID")
+        return "GPU-abc"
+
+    def nvmlDeviceGetMaxClockInfo(self, h, kind):
+        self._hit("nvmlDeviceGetMaxClockInfo")
+        return {1: 1980, 2: 3201}[kind]
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, h):
+        self._hit("nvmlDeviceGetEnforcedPowerLimit")
+        return 700000
+
+    def nvmlDeviceGetClockInfo(self, h, kind):
+        self._hit("nvmlDeviceGetClockInfo")
+        return {1: self.sm_mhz, 2: self.mem_mhz}[kind]
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, h):
+        self._hit("nvmlDeviceGetCurrentClocksEventReasons")
+        return self.reasons
+
+    def nvmlDeviceGetCurrentClocksThrottleReasons(self, h):
+        self._hit("nvmlDeviceGetCurrentClocksThrottleReasons")
+        return self.reasons
+
+    def nvmlDeviceGetUtilizationRates(self, h):
+        self._hit("nvmlDeviceGetUtilizationRates")
+        return SimpleNamespace(gpu=87, memory=41)
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        self._hit("nvmlDeviceGetPowerUsage")
+        return 412345  # mW
+
+    def nvmlDeviceGetTemperature(self, h, sensor):
+        self._hit("nvmlDeviceGetTemperature")
+        return 54
+
+
+@pytest.fixture
+def fake():
+    return FakeNvml()
+
+
+def test_normal_values_are_converted(fake):
+    dev = open_device(binding=fake)
+    assert fake.inits == 1
+    clocks = dev.read_clocks()
+    assert clocks == {
+        "sm_clock_mhz": 1980,
+        "mem_clock_mhz": 3201,
+        "throttle_reasons": ["sw_power_cap", "hw_thermal"],
+    }
+    util = dev.read_util()
+    assert util == {"gpu_util_pct": 87, "mem_util_pct": 41, "power_w": 412.345, "temp_c": 54}
+    info = dev.info()
+    assert info == {
+        "name": "NVIDIA H200",
+        "driver_version": "550.54.15",
+        "uuid": "GPU-abc",
+        "sm_clock_max_mhz": 1980,
+        "mem_clock_max_mhz": 3201,
+        "power_limit_w": 700.0,
+    }
+    assert dev.status is None
+    # The new API is used when present; the deprecated one is not touched.
+    assert "nvmlDeviceGetCurrentClocksThrottleReasons" not in fake.calls
+    dev.close()
+    dev.close()
+    assert fake.shutdowns == 1
+
+
+def test_decode_reasons():
+    assert decode_reasons(0) == []
+    assert decode_reasons(0x4 | 0x40) == ["sw_power_cap", "hw_thermal"]
+    assert decode_reasons(0x1 | 0x100) == ["gpu_idle", "display_clocks"]
+    assert decode_reasons(0x800 | 0x2) == ["applications_clocks", "0x800"]  # unknown bit kept
+
+
+def test_unsupported_field_is_none_and_not_called_again(fake):
+    fake.not_supported = {"nvmlDeviceGetPowerUsage", "nvmlDeviceGetCurrentClocksEventReasons",
+                          "nvmlDeviceGetCurrentClocksThrottleReasons"}
+    dev = open_device(binding=fake)
+    for _ in range(5):
+        util = dev.read_util()
+        clocks = dev.read_clocks()
+    assert util["power_w"] is None and util["gpu_util_pct"] == 87
+    assert clocks["throttle_reasons"] is None and clocks["sm_clock_mhz"] == 1980
+    assert fake.calls["nvmlDeviceGetPowerUsage"] == 1
+    assert fake.calls["nvmlDeviceGetCurrentClocksEventReasons"] == 1
+    assert fake.calls["nvmlDeviceGetCurrentClocksThrottleReasons"] == 1
+    assert fake.calls["nvmlDeviceGetUtilizationRates"] == 5
+    assert dev.status is None
+
+
+def test_transient_error_is_none_once(fake):
+    dev = open_device(binding=fake)
+    fake.transient = {"nvmlDeviceGetUtilizationRates"}
+    assert dev.read_util()["gpu_util_pct"] is None
+    assert dev.read_util()["gpu_util_pct"] == 87
+    assert dev.status is None
+
+
+def test_gpu_lost_mid_session(fake):
+    dev = open_device(binding=fake)
+    assert dev.read_clocks()["sm_clock_mhz"] == 1980
+    fake.lost = True
+    clocks = dev.read_clocks()
+    util = dev.read_util()
+    assert set(clocks) == {"sm_clock_mhz", "mem_clock_mhz", "throttle_reasons"}
+    assert all(v is None for v in clocks.values())
+    assert all(v is None for v in util.values())
+    assert all(v is None for v in dev.info().values())
+    assert dev.status.startswith("GPU lost: NVML reports the GPU has fallen off the bus")
+    assert "\n" not in dev.status
+    # Once lost, NVML is not asked again (every call would fail the same way).
+    before = dict(fake.calls)
+    dev.read_clocks()
+    assert fake.calls == before
+    dev.close()
+
+
+def test_unknown_error_code_without_class_counts_as_lost():
+    # A binding lacking NVMLError_Unknown still matches by the error code (999).
+    fake = FakeNvml()
+    dev = open_device(binding=fake)
+    fake.nvmlDeviceGetPowerUsage = lambda h: (_ for _ in ()).throw(NVMLError(999))
+    assert dev.read_util()["power_w"] is None
+    assert dev.status is not None and dev.status.startswith("GPU lost")
+
+
+def test_old_binding_falls_back_to_throttle_reasons():
+    class OldNvml(FakeNvml):
+        pass
+
+    fake = OldNvml()
+    # Old binding: no ClocksEventReasons at all.
+    OldNvml.nvmlDeviceGetCurrentClocksEventReasons = None
+    dev = open_device(binding=fake)
+    assert dev.read_clocks()["throttle_reasons"] == ["sw_power_cap", "hw_thermal"]
+    assert fake.calls["nvmlDeviceGetCurrentClocksThrottleReasons"] == 1
+
+
+def test_new_binding_old_driver_falls_back_at_call_time(fake):
+    # nvidia-ml-py has the function, but an old driver lacks the symbol: FunctionNotFound.
+    def missing(h):
+        fake.calls["event"] = fake.calls.get("event", 0) + 1
+        raise FunctionNotFound()
+
+    fake.nvmlDeviceGetCurrentClocksEventReasons = missing
+    dev = open_device(binding=fake)
+    for _ in range(3):
+        assert dev.read_clocks()["throttle_reasons"] == ["sw_power_cap", "hw_thermal"]
+    assert fake.calls["event"] == 1
+    assert fake.calls["nvmlDeviceGetCurrentClocksThrottleReasons"] == 3
+
+
+def test_library_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # makes `import pynvml` fail
+    with pytest.raises(NvmlUnavailable) as err:
+        open_device()
+    msg = str(err.value)
+    assert "nvidia-ml-py is not installed" in msg and "pip install nvidia-ml-py" in msg
+
+
+def test_driver_not_loaded(fake):
+    fake.init_error = DriverNotLoaded()
+    with pytest.raises(NvmlUnavailable, match="the NVIDIA driver is not loaded"):
+        open_device(binding=fake)
+    assert nvml._init_refs.get(fake, 0) == 0
+
+
+def test_bad_index_releases_init(fake):
+    with pytest.raises(NvmlUnavailable, match=r"no GPU with index 3 \(2 found\)"):
+        open_device(index=3, binding=fake)
+    assert fake.shutdowns == 1
+    assert nvml._init_refs.get(fake, 0) == 0
+
+
+def test_uuid_preferred_and_index_fallback(fake):
+    dev = open_device(index=1, uuid="GPU-abc", binding=fake)
+    assert dev._handle == ("handle", "uuid")
+    other = open_device(index=1, uuid="GPU-nope", binding=fake)
+    assert other._handle == ("handle", 1)
+    assert fake.inits == 1  # one nvmlInit shared by both devices
+    dev.close()
+    assert fake.shutdowns == 0
+    other.close()
+    assert fake.shutdowns == 1
+
+
+def test_latency_recorded(fake):
+    dev = open_device(binding=fake)
+    for _ in range(1200):
+        dev.read_clocks()
+    lat = dev.latency_ns
+    assert len(lat["nvmlDeviceGetClockInfo"]) == 1000  # bounded: the last 1000 calls
+    assert all(isinstance(x, int) and x >= 0 for x in lat["nvmlDeviceGetClockInfo"])
+    assert len(lat["nvmlDeviceGetCurrentClocksEventReasons"]) == 1000
+
+
+def test_real_binding_without_driver_is_a_clear_error():
+    pynvml = pytest.importorskip("pynvml")
+    try:
+        dev = open_device(binding=pynvml)
+    except NvmlUnavailable as exc:
+        assert str(exc).startswith("NVML")
+        assert "\n" not in str(exc)
+    else:  # a machine with a GPU: reads must work and never raise
+        assert "sm_clock_mhz" in dev.read_clocks()
+        dev.close()

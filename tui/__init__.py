@@ -1,0 +1,1 @@
+"""llm-moments' Textual UI. Talks to the engine only through a source (live, replay, watch)."""
