@@ -247,9 +247,11 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser, _ = build_parser("moments")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `run` is the default command: no arguments, or options only (`python -m engine --model X`).
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+        argv = ["run", *argv]
     args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args(["run", *(argv or sys.argv[1:])])
     if args.command == "report":
         return guarded(lambda: cmd_report(args))
     return guarded(lambda: cmd_run_headless(args))

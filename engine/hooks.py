@@ -114,6 +114,7 @@ class StepHooks:
         self.on_step_end = on_step_end
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._depth = 0
+        self._exc_at_begin: BaseException | None = None
 
     @property
     def attached(self) -> bool:
@@ -145,6 +146,8 @@ class StepHooks:
     def _root_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._depth += 1
         if self._depth == 1:  # a model that calls itself (rare) is still one step
+            # A model run inside the caller's own `except` block sees that exception all along.
+            self._exc_at_begin = sys.exc_info()[1]
             self.on_step_begin(args, kwargs)
 
     def _root_post(self, module: nn.Module, args: tuple, output: Any) -> None:
@@ -152,7 +155,9 @@ class StepHooks:
         if self._depth == 0:
             # always_call hooks run inside torch's `except Exception` when the forward raised:
             # that step is cut short and is dropped rather than recorded with partial times.
-            self.on_step_end(sys.exc_info()[1] is not None)
+            exc = sys.exc_info()[1]
+            self._exc_at_begin, begun_with = None, self._exc_at_begin
+            self.on_step_end(exc is not None and exc is not begun_with)
 
     def __enter__(self) -> "StepHooks":
         return self.attach()

@@ -140,6 +140,34 @@ def _from_pretrained(where: str, trust_remote_code: bool, local_only: bool) -> t
     return model, tokenizer, _is_generative(model)
 
 
+def check_model_spec(spec: str, device: str = "auto", dtype: str = "auto") -> str:
+    """The checks of load_model that need no loading: a bad spec fails in milliseconds. Returns its kind."""
+    dev = resolve_device(device)
+    resolve_dtype(dtype, dev)
+    if spec in PRESETS:
+        minilm_dir()  # every preset uses its tokenizer
+        return "preset"
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise MomentsError(f"{path} is not a Hugging Face model directory (no config.json)")
+        return "directory"
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(spec, "config.json"), str):
+            raise MomentsError(_not_cached(spec))
+        return "hub-cache"
+    raise MomentsError(f"unknown model {spec!r}: not a preset ({', '.join(PRESETS)}), "
+                       "not an existing directory, not an org/name Hub id")
+
+
+def _not_cached(spec: str) -> str:
+    return (f"model {spec!r} is not in the local Hugging Face cache and this machine stays offline: "
+            f"on a connected machine run `huggingface-cli download {spec}` and copy the cache "
+            "(~/.cache/huggingface/hub), or pass a local model directory")
+
+
 def load_model(spec: str = "minilm", device: str = "auto", dtype: str = "auto",
                trust_remote_code: bool = False) -> LoadedModel:
     """Load ``spec`` (preset name, local directory, or cached Hub id) on ``device`` in ``dtype``."""
@@ -171,10 +199,7 @@ def load_model(spec: str = "minilm", device: str = "auto", dtype: str = "auto",
             text = str(exc)
             if "trust_remote_code" in text:
                 raise MomentsError(f"{spec} runs its own code: pass --trust-remote-code if you trust it") from None
-            raise MomentsError(
-                f"model {spec!r} is not in the local Hugging Face cache and this machine stays offline: "
-                f"on a connected machine run `huggingface-cli download {spec}` and copy the cache "
-                "(~/.cache/huggingface/hub), or pass a local model directory") from None
+            raise MomentsError(_not_cached(spec)) from None
     else:
         raise MomentsError(f"unknown model {spec!r}: not a preset ({', '.join(PRESETS)}), "
                            "not an existing directory, not an org/name Hub id")

@@ -253,6 +253,9 @@ class Monitor:
             if item is _STOP:
                 break
             try:
+                if isinstance(item, tuple) and item[0] == "record":
+                    self._switch_recorder(item[1])
+                    continue
                 if isinstance(item, tuple):
                     record = self._resolve_step(*item[1:])
                 else:
@@ -297,6 +300,30 @@ class Monitor:
             "hooks_fired": fired,
         }
 
+    def _switch_recorder(self, recorder: Recorder | None) -> None:
+        """Worker side of start/stop_recording: close the old file with a footer, open the new one."""
+        old = self.recorder
+        if old is not None and not old.closed:
+            old.close({"type": "footer", "t_ns": time.perf_counter_ns() - self.t0_ns,
+                       "steps": old.steps_written, "reason": "completed"})
+        self.recorder = recorder
+        if recorder is not None and self.header is not None:
+            recorder.write(self.header)
+        note = {"type": "recording", "t_ns": time.perf_counter_ns() - self.t0_ns,
+                "path": str(recorder.path) if recorder is not None else None}
+        for fn in self._listeners:
+            fn(note)
+
+    def start_recording(self, path: str | os.PathLike) -> str:
+        """Record the rest of a running session to ``path`` (a bad path raises MomentsError now)."""
+        recorder = Recorder(path)
+        self._queue.put(("record", recorder))
+        return str(recorder.path)
+
+    def stop_recording(self) -> None:
+        """Close the current recording with a footer; the session goes on."""
+        self._queue.put(("record", None))
+
     def _emit(self, record: dict[str, Any]) -> None:
         rtype = record.get("type")
         if rtype == "step":
@@ -310,7 +337,7 @@ class Monitor:
                 # Keep measuring even if the disk fills up; say so once.
                 self.recorder.close()
                 self._status(f"recording stopped: {exc}")
-        for fn in self._listeners:
+        for fn in tuple(self._listeners):  # a copy: a failing listener is removed mid-loop
             try:
                 fn(record)
             except Exception as exc:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -13,7 +13,18 @@ from .models import LoadedModel
 from .monitor import NO_LAYER_TIMING, Monitor
 
 
-def run_batch(loaded: LoadedModel, texts: list[str], max_new_tokens: int) -> tuple[list[str] | None, int]:
+class _StopOnEvent:
+    """Ends generate() early once ``stop`` is set, so quitting never waits for a long generation."""
+
+    def __init__(self, stop: threading.Event):
+        self.stop = stop
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.stop.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def run_batch(loaded: LoadedModel, texts: list[str], max_new_tokens: int,
+              stop: threading.Event | None = None) -> tuple[list[str] | None, int]:
     """Run one batch; return (generated texts or None, forward steps the model should have taken)."""
     tok = loaded.tokenizer
     enc = tok(texts, return_tensors="pt", padding=True, truncation=True,
@@ -24,10 +35,21 @@ def run_batch(loaded: LoadedModel, texts: list[str], max_new_tokens: int) -> tup
             return None, 1
         # Only what every decoder takes (the MiniLM tokenizer also returns token_type_ids).
         out = loaded.model.generate(
-            input_ids=enc["input_ids"], attention_mask=enc.get("attention_mask"), max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
-            pad_token_id=tok.pad_token_id)
+            input_ids=enc["input_ids"], attention_mask=enc.get("attention_mask"),
+            max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
+            pad_token_id=tok.pad_token_id, **_stopping(stop))
+    if stop is not None and stop.is_set():
+        max_new_tokens = out.shape[1] - enc["input_ids"].shape[1]  # cut short on purpose
     new = out[:, enc["input_ids"].shape[1]:]
     return tok.batch_decode(new, skip_special_tokens=True), max_new_tokens
+
+
+def _stopping(stop: threading.Event | None) -> dict[str, Any]:
+    if stop is None:
+        return {}
+    from transformers import StoppingCriteriaList
+
+    return {"stopping_criteria": StoppingCriteriaList([_StopOnEvent(stop)])}
 
 
 def stream(loaded: LoadedModel, texts: list[str], monitor: Monitor, *, batch_size: int = 1,
@@ -48,7 +70,7 @@ def stream(loaded: LoadedModel, texts: list[str], monitor: Monitor, *, batch_siz
         if steps is not None and monitor.steps_started >= steps:
             break
         before = monitor.steps_started
-        outputs, expected = run_batch(loaded, batch, max_new_tokens)
+        outputs, expected = run_batch(loaded, batch, max_new_tokens, stop)
         seen = monitor.steps_started - before
         if seen < expected and not warned:
             warned = True

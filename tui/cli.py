@@ -1,22 +1,123 @@
-"""The ``moments`` command: the engine's headless commands plus the live UI (the default)."""
+"""The ``moments`` command: the live monitor (default), replay, watch, and the engine's headless
+run and report. The parser comes from engine.cli; this module adds what needs the UI."""
 
 from __future__ import annotations
 
+import argparse
+import signal
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
-from engine.cli import build_parser, guarded, cmd_report, cmd_run_headless
+from engine.cli import build_parser, cmd_report, cmd_run_headless, error, guarded, rate_hz
+from engine.errors import MomentsError
+
+THEME_HELP = "dark (default), light, high-contrast, or a theme file (.toml); NO_COLOR is respected"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser, sub = build_parser("moments", headless_only=False)
+    run = sub.choices["run"]
+    run.add_argument("--theme", default=None, help=THEME_HELP)
+    rep = sub.add_parser("replay", help="play a recording in the live monitor, with pause, step and seek",
+                         description="Play a recording in the monitor: space pauses, . steps, [ ] seek, + - speed.")
+    rep.add_argument("file", metavar="FILE", help="a recording (.jsonl)")
+    rep.add_argument("--speed", type=rate_hz, default=1.0, help="playback speed, × the recorded pace (default 1)")
+    rep.add_argument("--theme", default=None, help=THEME_HELP)
+    wat = sub.add_parser("watch", help="follow a recording another process is writing",
+                         description="Follow a recording that another process (a headless run, a script using "
+                                     "engine.Monitor) is writing: catches up with what is there, then follows it.")
+    wat.add_argument("file", metavar="FILE", help="a recording (.jsonl), or where one will appear")
+    wat.add_argument("--theme", default=None, help=THEME_HELP)
+    return parser
+
+
+def _run_app(source: Any, theme: str | None) -> int:
+    from .app import MomentsApp
+
+    app = MomentsApp(source, theme=theme)
+
+    # An SSH hang-up or a kill ends the session like q does: footer written, recording closed.
+    def ask_quit(signum: int, frame: Any) -> None:
+        app.call_later(app.action_quit)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, ask_quit)
+    try:
+        app.run()
+    finally:
+        source.stop()
+    if app.state.error:
+        return error(f"the session stopped: {app.state.error}", 1)
+    return 0
+
+
+def _precheck_live(args: argparse.Namespace) -> None:
+    """What can fail before the screen opens fails here, as one line (the model loads in the UI)."""
+    from engine.inputs import read_texts
+    from engine.models import check_model_spec
+    from engine.recording import check_writable
+
+    if args.record:
+        check_writable(args.record)
+    if args.inputs == "-":
+        raise MomentsError("--inputs - (stdin) needs the headless mode: the live monitor reads the keyboard")
+    read_texts(args.inputs)
+    check_model_spec(args.model, args.device, args.dtype)
+
+
+def cmd_live(args: argparse.Namespace) -> int:
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        print("moments: no terminal here: running headless (use --headless to say so)", file=sys.stderr)
+        return cmd_run_headless(args)
+    _precheck_live(args)
+    from .sources import LiveSource
+
+    return _run_app(LiveSource(args), args.theme)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .sources import ReplaySource
+
+    source = ReplaySource(args.file, speed=args.speed)  # a bad file fails here, before the screen
+    for warning in source.rec.warnings:
+        print(f"moments: warning: {args.file}: {warning}", file=sys.stderr)
+    return _run_app(source, args.theme)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from engine.recording import check_header
+    import json
+
+    from .sources import WatchSource
+
+    path = Path(args.file).expanduser()
+    if path.is_dir():
+        raise MomentsError(f"{path} is a directory, not a recording")
+    if path.exists() and path.stat().st_size:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            first = fh.readline()
+        if first.endswith("\n"):
+            try:
+                check_header(json.loads(first), str(path))
+            except json.JSONDecodeError:
+                raise MomentsError(f"{path} is not a moments recording: line 1 is not JSON") from None
+    return _run_app(WatchSource(path), args.theme)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser, sub = build_parser("moments", headless_only=False)
-    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
-        argv = ["run", *argv]
+    parser = _parser()
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        argv = ["run", *argv]  # `moments [options]` is `moments run [options]`
     args = parser.parse_args(argv)
-    if args.command == "report":
-        return guarded(lambda: cmd_report(args))
-    return guarded(lambda: cmd_run_headless(args))
+    commands = {"report": cmd_report, "replay": cmd_replay, "watch": cmd_watch}
+    if args.command in commands:
+        return guarded(lambda: commands[args.command](args))
+    if args.headless:
+        return guarded(lambda: cmd_run_headless(args))
+    return guarded(lambda: cmd_live(args))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,215 @@
+"""The Textual app: wiring only. A source feeds records, the state folds them, screens draw them.
+
+The app drains its source on its own timer (10 Hz by default) and draws one frame per tick from
+whatever arrived, so the UI's cost does not grow with the step rate and the engine never waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from textual.app import App
+from textual.binding import Binding
+
+from engine.errors import MomentsError
+
+from . import themes as theme_files
+from .screens.detail import LayerDetailScreen
+from .screens.help import HelpScreen
+from .screens.main import MainScreen
+from .screens.record import RecordDialog
+from .sources import Source
+from .state import ViewState
+from .widgets.heatmap import Heatmap
+from .widgets.layer_table import LayerTable
+
+
+class MomentsApp(App):
+    TITLE = "llm-moments"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS = [
+        Binding("q,ctrl+c", "quit", "quit", priority=True),
+        Binding("question_mark", "help", "help"),
+        Binding("space,p", "toggle_pause", "pause"),
+        Binding("s", "sort", "sort"),
+        Binding("S", "reverse_sort", "reverse", show=False),
+        Binding("r", "record", "record"),
+        Binding("t", "next_theme", "theme"),
+        Binding("x", "screenshot", "screenshot"),
+        Binding("m", "toggle_heatmap", "heatmap", show=False),
+        Binding("h", "heatmap_scale", "heat scale", show=False),
+        Binding("full_stop", "replay_step", "step", show=False),
+        Binding("left_square_bracket", "replay_seek(-10)", show=False),
+        Binding("right_square_bracket", "replay_seek(10)", show=False),
+        Binding("left_curly_bracket", "replay_seek(-100)", show=False),
+        Binding("right_curly_bracket", "replay_seek(100)", show=False),
+        Binding("g", "replay_seek(-1000000000)", show=False),
+        Binding("G", "replay_seek(1000000000)", show=False),
+        Binding("plus", "replay_speed(2.0)", show=False),
+        Binding("minus", "replay_speed(0.5)", show=False),
+    ]
+
+    def __init__(self, source: Source, theme: str | None = None, refresh_hz: float = 10.0,
+                 screenshot_dir: str | Path = ".", clock: Callable[[], float] = time.time):
+        super().__init__()
+        self.source = source
+        self.state = ViewState(mode=source.mode)
+        self.refresh_hz = refresh_hz
+        self.screenshot_dir = Path(screenshot_dir)
+        self._clock = clock
+        self._themes, self._theme_name, self._theme_warning = theme_files.resolve(theme)
+        self._shown: tuple[int, Any] | None = None
+        self.frames = 0
+        self.main: MainScreen | None = None
+
+    # -- life cycle -------------------------------------------------------------------------------
+    def on_mount(self) -> None:
+        for theme in self._themes:
+            self.register_theme(theme)
+        self.theme = self._theme_name
+        self.main = MainScreen()
+        self.push_screen(self.main)
+        if self._theme_warning:
+            self.notify(self._theme_warning, severity="warning", timeout=8)
+        self.source.start()
+        self.call_after_refresh(self.refresh_frame)
+        self.set_interval(1 / self.refresh_hz, self.refresh_frame)
+
+    def on_unmount(self) -> None:
+        self.source.stop()
+
+    def refresh_frame(self) -> None:
+        """One frame: drain the source, fold, draw only if something changed."""
+        self.state.apply(self.source.drain())
+        note = self.source.note()
+        key = (self.state.version, note, self.theme, self.size)
+        if key == self._shown or self.main is None or not self.main.is_mounted:
+            return
+        self._shown = key
+        frozen = self.state.paused and self.state.mode != "replay"
+        self.main.show(self.state, note, frozen)
+        if isinstance(self.screen, LayerDetailScreen) and not frozen:
+            self.screen.show(self.state)
+        self.frames += 1
+
+    def redraw(self) -> None:
+        self._shown = None
+        self.refresh_frame()
+
+    # -- actions ----------------------------------------------------------------------------------
+    async def action_quit(self) -> None:
+        self.notify("stopping the session…", timeout=30)
+        await asyncio.to_thread(self.source.stop)
+        self.exit()
+
+    def action_help(self) -> None:
+        if isinstance(self.screen, HelpScreen):
+            self.pop_screen()
+        else:
+            self.push_screen(HelpScreen())
+
+    def action_toggle_pause(self) -> None:
+        if self.state.mode == "replay":
+            self.state.paused = self.source.toggle_pause()
+        else:
+            self.state.paused = not self.state.paused
+        self.state.version += 1
+        self.redraw()
+
+    def action_sort(self) -> None:
+        self.state.cycle_sort()
+        self.redraw()
+
+    def action_reverse_sort(self) -> None:
+        self.state.sort_reverse = not self.state.sort_reverse
+        self.state.version += 1
+        self.redraw()
+
+    def on_layer_table_sort_requested(self, message: LayerTable.SortRequested) -> None:
+        if self.state.sort_key == message.key:
+            self.state.sort_reverse = not self.state.sort_reverse
+        self.state.sort_key = message.key
+        self.state.version += 1
+        self.redraw()
+
+    def on_layer_table_selected(self, message: LayerTable.Selected) -> None:
+        self.push_screen(LayerDetailScreen(message.index))
+
+    def action_record(self) -> None:
+        if not self.source.can_record:
+            self.notify(f"recording is for live sessions; this is a {self.state.mode}", severity="warning")
+            return
+        if self.state.recording_path:
+            path = self.state.recording_path
+            self.source.stop_recording()
+            self.state.recording_path = None
+            self.state.version += 1
+            self.notify(f"recording closed: {path}")
+            return
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(self._clock()))
+        self.push_screen(RecordDialog(f"moments-{stamp}.jsonl"), self._start_recording)
+
+    def _start_recording(self, path: str | None) -> None:
+        if not path:
+            return
+        try:
+            real = self.source.start_recording(path)
+        except MomentsError as exc:
+            self.notify(str(exc), severity="error", timeout=8)
+            return
+        self.state.recording_path = real
+        self.state.version += 1
+        self.notify(f"recording to {real}")
+
+    def action_next_theme(self) -> None:
+        names = [t.name for t in self._themes]
+        i = names.index(self.theme) if self.theme in names else -1
+        self.theme = names[(i + 1) % len(names)]
+        self.notify(f"theme: {self.theme}", timeout=2)
+        self.redraw()
+
+    def action_screenshot(self) -> None:
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(self._clock()))
+        try:
+            path = self.save_screenshot(filename=f"moments-{stamp}.svg", path=str(self.screenshot_dir))
+        except OSError as exc:
+            self.notify(f"screenshot not saved: {exc}", severity="error")
+            return
+        self.notify(f"screenshot saved: {path}")
+
+    def action_toggle_heatmap(self) -> None:
+        if self.main is not None:
+            self.main.toggle_heatmap()
+            self.redraw()
+
+    def action_heatmap_scale(self) -> None:
+        for heatmap in self.query(Heatmap) if self.main is None else self.main.query(Heatmap):
+            heatmap.toggle_scale()
+        self.redraw()
+
+    # -- replay -----------------------------------------------------------------------------------
+    def _replay(self) -> Any:
+        if self.state.mode != "replay":
+            self.notify("step and seek are for replays", severity="warning", timeout=2)
+            return None
+        return self.source
+
+    def action_replay_step(self) -> None:
+        if (src := self._replay()) is not None:
+            src.step(1)
+            self.state.paused = True
+            self.redraw()
+
+    def action_replay_seek(self, delta: int) -> None:
+        if (src := self._replay()) is not None:
+            src.seek(delta)
+            self.redraw()
+
+    def action_replay_speed(self, factor: float) -> None:
+        if (src := self._replay()) is not None:
+            src.speed = min(64.0, max(1 / 16, src.speed * factor))
+            self.notify(f"speed ×{src.speed:g}", timeout=2)
+            self.redraw()

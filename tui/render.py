@@ -1,0 +1,122 @@
+"""Small text renderings shared by widgets: sparklines, bars, histograms, colour ramps, units."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from textual.color import Color
+
+from engine.report import fmt_cycles, fmt_ms  # one formatting of units for CLI and UI
+
+__all__ = ["fmt_ms", "fmt_cycles", "fmt_mhz", "spark", "bar", "ramp", "na"]
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def na(value: float | None, fmt: str = "{:.0f}", unit: str = "") -> str:
+    """A value with its unit, or "n/a" when the device does not report it."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return fmt.format(value) + unit
+
+
+def fmt_mhz(mhz: float | None) -> str:
+    return na(mhz, "{:.0f}", " MHz")
+
+
+def spark(values: Sequence[float] | np.ndarray, width: int, lo: float | None = None,
+          hi: float | None = None) -> str:
+    """The newest ``width`` values as block characters (NaN: a space), scaled to lo..hi."""
+    v = np.asarray(values, dtype=np.float64)[-width:] if width > 0 else np.zeros(0)
+    if v.size == 0:
+        return " " * max(width, 0)
+    finite = v[np.isfinite(v)]
+    if finite.size == 0:
+        return " " * width
+    lo = float(finite.min()) if lo is None else lo
+    hi = float(finite.max()) if hi is None else hi
+    span = hi - lo
+    chars = []
+    for x in v:
+        if not math.isfinite(x):
+            chars.append(" ")
+        elif span <= 0:
+            chars.append(SPARK[3])
+        else:
+            chars.append(SPARK[min(7, max(0, int((x - lo) / span * 7.999)))])
+    return "".join(chars).rjust(width)
+
+
+def bar(fraction: float, width: int) -> str:
+    """A horizontal bar of ``width`` cells filled to ``fraction`` (eighths of a cell)."""
+    if width <= 0:
+        return ""
+    if fraction is None or not math.isfinite(fraction):
+        return " " * width
+    cells = max(0.0, min(1.0, fraction)) * width
+    full = int(cells)
+    rest = int((cells - full) * 8)
+    return ("█" * full + ("▏▎▍▌▋▊▉"[rest - 1] if rest and full < width else "")).ljust(width)
+
+
+def ramp(low: str, high: str, fraction: float) -> str:
+    """Hex colour between two theme colours (for the heatmap)."""
+    a, b = Color.parse(low), Color.parse(high)
+    return a.blend(b, max(0.0, min(1.0, fraction))).hex
+
+
+_palette_cache: dict[tuple[str, int], dict[str, str]] = {}
+
+
+def palette(app) -> dict[str, str]:
+    """The theme's variables as plain #rrggbb (alpha blended over the background) for Rich styles.
+
+    Line API widgets paint Segments, which need concrete colours; cached per theme.
+    """
+    variables = app.theme_variables
+    key = (app.theme, id(variables))
+    cached = _palette_cache.get(key)
+    if cached is not None:
+        return cached
+    background = Color.parse(variables.get("background", "#000000"))
+    out = {}
+    for name, value in variables.items():
+        try:
+            color = Color.parse(value)
+        except Exception:
+            continue
+        out[name] = (background + color).hex6 if color.a < 1 else color.hex6
+    _palette_cache.clear()
+    _palette_cache[key] = out
+    return out
+
+
+def chart(values: Sequence[float] | np.ndarray, width: int, height: int, hi: float | None = None) -> list[str]:
+    """A bar chart of the newest ``width`` values, ``height`` rows tall (top row first), from 0."""
+    v = np.asarray(values, dtype=np.float64)[-width:] if width > 0 else np.zeros(0)
+    finite = v[np.isfinite(v)]
+    top = float(finite.max()) if hi is None and finite.size else (hi or 0.0)
+    rows = []
+    levels = np.where(np.isfinite(v), v / top * height * 8 if top > 0 else 0, 0).astype(int)
+    for r in range(height - 1, -1, -1):
+        line = []
+        for lv in levels:
+            part = lv - r * 8
+            line.append("█" if part >= 8 else (" " if part <= 0 else SPARK[part - 1]))
+        rows.append("".join(line).rjust(width))
+    return rows
+
+
+def ms3(ms: float) -> str:
+    """Milliseconds to about three significant digits (compact panels)."""
+    if ms is None or not math.isfinite(ms):
+        return "—"
+    if ms >= 100:
+        return f"{ms:.0f}"
+    if ms >= 10:
+        return f"{ms:.1f}"
+    if ms >= 1:
+        return f"{ms:.2f}"
+    return f"{ms:.3f}"

@@ -1,0 +1,54 @@
+"""Every key, on one screen (``?``)."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+HELP = """\
+[b]llm-moments[/b] — each layer's moment (its time inside one step) beside the clock cycles it took.
+
+[b]Main screen[/b]
+  ↑ ↓ j k  PgUp PgDn   move in the layer table
+  enter / double click open the layer's detail screen (history, histogram, sub-layers, slowest moments)
+  s                    sort by the next column (order, last, mean, p50, p99, cycles, share)
+  S                    reverse the sort;   click a column title: sort by it
+  space / p            pause: the table and step views freeze, clocks keep moving (replay: pause playback)
+  r                    start / stop recording this session to a file (live sessions)
+  m                    narrow terminals: heatmap in place of the table
+  h                    heatmap colour scale: all layers (log) / each layer's own range
+  t                    next theme (dark, light, high contrast)
+  x                    save an SVG screenshot in the current folder
+  ?                    this help;   q / ctrl+c   quit (the recording is closed properly)
+
+[b]Replay[/b]
+  .  step one step (pauses)    [ ]  back / forward 10 steps    { }  100 steps
+  g / G  start / end           + -  speed ×2 / ÷2
+
+[b]Marks[/b]
+  [b]![/b]  the newest moment is an outlier against the layer's own history (robust, by MAD)
+  [b]▲[/b]  among the slowest top-level layers
+  —  no timing: the layer's hooks did not fire
+
+[b]Columns[/b]  last / mean / p50 / p99 moment in ms (over the last 512 steps); cycles = moment × clock
+  (GPU SM clock from NVML, or the CPU clock — labelled nominal when that is all there is);
+  share = the layer's part of the step time.
+
+esc or ? to close
+"""
+
+
+class HelpScreen(ModalScreen):
+    BINDINGS = [Binding("escape,question_mark,q", "app.pop_screen", "close")]
+    DEFAULT_CSS = """
+    HelpScreen { align: center middle; }
+    HelpScreen > VerticalScroll { width: 100; max-width: 95%; height: 90%; border: round $primary;
+                                  background: $surface; padding: 0 1; }
+    """
+
+    def compose(self) -> ComposeResult:
+        with VerticalScroll():
+            yield Static(HELP)

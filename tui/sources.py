@@ -1,0 +1,254 @@
+"""Where the UI's records come from. Live, replay and watch share one small interface.
+
+A source fills a buffer from its own thread (the engine's worker, a file follower) or from a file
+in memory; the UI calls ``drain()`` on its own timer and folds the batch into its state. Nothing a
+source does waits for the UI, and ``drain`` never blocks.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from engine import recording
+from engine.errors import MomentsError
+
+
+class Source(Protocol):
+    mode: str             # "live" | "replay" | "watch"
+    can_record: bool
+    can_seek: bool
+
+    def start(self) -> None: ...
+    def drain(self) -> list[dict[str, Any]]: ...
+    def stop(self) -> None: ...
+    def note(self) -> str | None: ...
+
+
+class _Buffered:
+    """A thread-safe buffer (deque appends and pops are atomic) and the drain that empties it."""
+
+    def __init__(self) -> None:
+        self._buffer: collections.deque[dict[str, Any]] = collections.deque()
+        self.last_record_at = time.monotonic()
+
+    def _put(self, record: dict[str, Any]) -> None:
+        self._buffer.append(record)
+        self.last_record_at = time.monotonic()
+
+    def drain(self) -> list[dict[str, Any]]:
+        out = []
+        buf = self._buffer
+        while buf:
+            out.append(buf.popleft())
+        return out
+
+
+class LiveSource(_Buffered):
+    """Loads the model and streams inputs through it on a background thread, under a Monitor."""
+
+    mode = "live"
+    can_record = True
+    can_seek = False
+
+    def __init__(self, args: Any):
+        super().__init__()
+        self.args = args
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.monitor = None
+        self.finished = threading.Event()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="moments-engine", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from engine.cli import make_monitor, prepare_session, warm_up
+        from engine.runner import stream
+
+        monitor = None
+        reason, error = "completed", None
+        try:
+            self._put({"type": "loading", "message": f"loading {self.args.model}…"})
+            texts, loaded = prepare_session(self.args)
+            if self._stop.is_set():
+                return
+            self._put({"type": "loading", "message": f"warming up {self.args.model}…"})
+            warm_up(self.args, loaded, texts)
+            monitor = make_monitor(self.args, loaded, [self._put])
+            self.monitor = monitor
+            monitor.start()
+            if self.args.record:
+                self._put({"type": "recording", "path": self.args.record})
+            stream(loaded, texts, monitor, batch_size=self.args.batch_size,
+                   max_new_tokens=self.args.max_new_tokens, steps=self.args.steps, stop=self._stop)
+        except MomentsError as exc:
+            reason, error = "error", str(exc)
+        except Exception as exc:  # shown in the UI with its message; the recording is kept
+            reason, error = "error", f"{type(exc).__name__}: {exc}"
+        finally:
+            if monitor is not None:
+                monitor.stop(reason, error=error)
+            if error:
+                self._put({"type": "error", "message": error})
+            self.finished.set()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop after the current step; the monitor writes the footer and closes the recording."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def start_recording(self, path: str) -> str:
+        if self.monitor is None or self.monitor.stopped:
+            raise MomentsError("the session is not running yet")
+        return self.monitor.start_recording(path)
+
+    def stop_recording(self) -> None:
+        if self.monitor is not None:
+            self.monitor.stop_recording()
+
+    def note(self) -> str | None:
+        return None
+
+
+class ReplaySource:
+    """Plays a recording at ``speed`` × its own pace, with pause, single step and seek."""
+
+    mode = "replay"
+    can_record = False
+    can_seek = True
+
+    def __init__(self, path: str | Path, speed: float = 1.0, clock: Any = time.monotonic):
+        if speed <= 0:
+            raise MomentsError(f"--speed must be more than 0, not {speed}")
+        self.rec = recording.load(path)
+        self.speed = speed
+        self._clock = clock
+        timeline = [r for r in self.rec.steps + self.rec.samples + self.rec.others if "t_ns" in r]
+        timeline.sort(key=lambda r: r["t_ns"])
+        self.timeline = timeline
+        self.step_positions = [i for i, r in enumerate(timeline) if r.get("type") == "step"]
+        self.pos = 0                 # next record of the timeline to emit
+        self.paused = False
+        self._pending: list[dict[str, Any]] = [self.rec.header]
+        for warning in self.rec.warnings:
+            self._pending.append({"type": "status", "level": "warning", "message": f"recording: {warning}"})
+        first = self.step_positions[0] if self.step_positions else 0
+        self.play_t_ns = timeline[first]["t_ns"] if timeline else 0
+        self._last = None
+
+    def start(self) -> None:
+        self._last = self._clock()
+
+    def _emit_until(self, pos: int) -> list[dict[str, Any]]:
+        out = self.timeline[self.pos:pos]
+        self.pos = pos
+        return out
+
+    def drain(self) -> list[dict[str, Any]]:
+        now = self._clock()
+        out, self._pending = self._pending, []
+        if self._last is not None and not self.paused:
+            self.play_t_ns += int((now - self._last) * 1e9 * self.speed)
+        self._last = now
+        if not self.paused:
+            end = self.pos
+            while end < len(self.timeline) and self.timeline[end]["t_ns"] <= self.play_t_ns:
+                end += 1
+            out += self._emit_until(end)
+            if self.finished and self.rec.footer is not None and not getattr(self, "_footer_sent", False):
+                self._footer_sent = True
+                out.append(self.rec.footer)
+        return out
+
+    @property
+    def finished(self) -> bool:
+        return self.pos >= len(self.timeline)
+
+    @property
+    def steps_played(self) -> int:
+        return sum(1 for p in self.step_positions if p < self.pos)
+
+    def toggle_pause(self) -> bool:
+        self.paused = not self.paused
+        return self.paused
+
+    def step(self, n: int = 1) -> None:
+        """Emit up to and including the next ``n`` steps (pauses playback)."""
+        self.paused = True
+        self.seek_to_step(min(self.steps_played + n, len(self.step_positions)))
+
+    def seek_to_step(self, target: int) -> None:
+        """Position after ``target`` steps: forward emits the records between, backward replays from 0."""
+        target = max(0, min(target, len(self.step_positions)))
+        end = self.step_positions[target - 1] + 1 if target > 0 else 0
+        if end < self.pos:
+            self.pos = 0
+            self._pending.append({"type": "reset"})
+        self._pending += self._emit_until(end)
+        if self.pos:
+            self.play_t_ns = self.timeline[self.pos - 1]["t_ns"]
+
+    def seek(self, delta_steps: int) -> None:
+        self.seek_to_step(self.steps_played + delta_steps)
+
+    def stop(self) -> None:
+        pass
+
+    def note(self) -> str | None:
+        total = len(self.step_positions)
+        state = "paused" if self.paused else ("finished" if self.finished else f"{self.speed:g}×")
+        return f"step {self.steps_played}/{total} · {state}"
+
+
+class WatchSource(_Buffered):
+    """Follows a recording another process is writing: catches up, then tails it."""
+
+    mode = "watch"
+    can_record = False
+    can_seek = False
+
+    def __init__(self, path: str | Path, poll_s: float = 0.2, idle_after_s: float = 5.0):
+        super().__init__()
+        self.path = Path(path)
+        self.poll_s = poll_s
+        self.idle_after_s = idle_after_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.writer_done = False
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="moments-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for record in recording.follow(self.path, poll_s=self.poll_s, stop=self._stop,
+                                           wait_for_file_s=float("inf")):
+                self._put(record)
+                if record.get("type") == "footer":
+                    self.writer_done = True
+                    self._put({"type": "status", "level": "info",
+                               "message": f"the writer ended the session ({record.get('reason')})"})
+        except MomentsError as exc:
+            self._put({"type": "error", "message": str(exc)})
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+
+    def note(self) -> str | None:
+        if self.writer_done:
+            return "writer finished"
+        if not self.path.exists():
+            return f"waiting for {self.path} to appear"
+        idle = time.monotonic() - self.last_record_at
+        if idle > self.idle_after_s:
+            return f"no new data for {idle:.0f} s — writer stopped?"
+        return "following"

@@ -1,0 +1,284 @@
+"""The UI's state and its reducer: records in, view data out. No Textual import.
+
+Everything the screens show is derived here from the same records a recording holds, so a live
+session, a replay and a watched file look alike. ``apply`` takes a batch of records (one drain of
+the source per frame); the ``*_view`` methods compute what widgets draw, once per frame.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+from engine.stats import KINDS, RollingStats, summarize
+
+SORT_KEYS = ("order", "last", "mean", "p50", "p99", "cycles", "share")
+STATS_WINDOW_STEPS = 512      # percentiles in the live table: recent behaviour, cheap to compute
+HISTORY_STEPS = 2048          # what the rolling store keeps (detail screen, heatmap)
+RATE_WINDOW_NS = 5_000_000_000
+
+
+@dataclass
+class Status:
+    level: str
+    message: str
+
+
+@dataclass
+class LayerView:
+    """Per-layer arrays for the table (all aligned with ``names``), in header order."""
+
+    names: list[str]
+    parents: list[int | None]
+    last_ms: np.ndarray
+    mean_ms: np.ndarray
+    p50_ms: np.ndarray
+    p99_ms: np.ndarray
+    cycles: np.ndarray          # mean cycles per moment
+    share: np.ndarray           # of step time, 0..1
+    recent_ms: np.ndarray       # [layers, k] newest moments for sparklines (NaN padded)
+    outlier: np.ndarray         # bool: newest moment far above the layer's own history
+    slowest: np.ndarray         # bool: among the slowest top-level layers by mean
+    order: np.ndarray           # row order after sorting
+
+
+@dataclass
+class ViewState:
+    mode: str = "live"                     # live | replay | watch
+    header: dict[str, Any] | None = None
+    stats: RollingStats | None = None
+    samples: collections.deque = field(default_factory=lambda: collections.deque(maxlen=600))
+    step_meta: collections.deque = field(default_factory=lambda: collections.deque(maxlen=HISTORY_STEPS))
+    statuses: list[Status] = field(default_factory=list)
+    footer: dict[str, Any] | None = None
+    paused: bool = False
+    recording_path: str | None = None
+    sort_key: str = "order"
+    sort_reverse: bool = True
+    steps_total: int = 0
+    tokens_total: int = 0
+    steps_without_timing: int = 0
+    last_step: dict[str, Any] | None = None
+    loading: str | None = None             # "loading model…" until the header arrives
+    error: str | None = None               # the engine stopped with this message
+    source_note: str | None = None         # e.g. "writer idle for 12 s", "file cut off"
+    version: int = 0                       # bumps on every change: widgets skip identical frames
+
+    # -- reducer ----------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget all steps and samples (a replay seeks backwards); keeps header and settings."""
+        if self.header is not None:
+            self._new_stats(self.header)
+        self.samples.clear()
+        self.step_meta.clear()
+        self.steps_total = self.tokens_total = self.steps_without_timing = 0
+        self.last_step = None
+        self.footer = None
+        self.version += 1
+
+    def apply(self, records: Iterable[dict[str, Any]]) -> int:
+        """Fold a batch of records into the state; returns how many there were."""
+        n = 0
+        for record in records:
+            n += 1
+            rtype = record.get("type")
+            if rtype == "step":
+                self._on_step(record)
+            elif rtype == "sample":
+                self.samples.append(record)
+            elif rtype == "header":
+                self.header = record
+                self.loading = None
+                self._new_stats(record)
+            elif rtype == "status":
+                self._on_status(record)
+            elif rtype == "footer":
+                self.footer = record
+            elif rtype == "reset":
+                self.reset()
+            elif rtype == "loading":
+                self.loading = record.get("message")
+            elif rtype == "error":
+                self.error = record.get("message")
+                self.statuses.append(Status("error", self.error or "engine error"))
+            elif rtype == "recording":
+                self.recording_path = record.get("path")
+        if n:
+            self.version += 1
+        return n
+
+    def _new_stats(self, header: dict[str, Any]) -> None:
+        layers = header["layers"]
+        self.stats = RollingStats([l["name"] for l in layers], [l.get("parent") for l in layers], HISTORY_STEPS)
+
+    def _on_step(self, step: dict[str, Any]) -> None:
+        if self.stats is None or len(step.get("layer_ms") or []) != self.stats.n_layers:
+            return
+        self.stats.add(step)
+        self.step_meta.append((step.get("index"), step.get("kind"), step.get("clock_mhz"),
+                               tuple(step.get("throttle_reasons") or ())))
+        self.steps_total += 1
+        self.tokens_total += int(step.get("tokens") or 0)
+        if step.get("hooks_fired") is False:
+            self.steps_without_timing += 1
+        self.last_step = step
+
+    def _on_status(self, record: dict[str, Any]) -> None:
+        status = Status(record.get("level", "warning"), record.get("message", ""))
+        if not self.statuses or self.statuses[-1] != status:
+            self.statuses.append(status)
+            del self.statuses[:-20]
+
+    # -- derived views ----------------------------------------------------------------------------
+    @property
+    def layer_names(self) -> list[str]:
+        return self.stats.layer_names if self.stats else []
+
+    @property
+    def no_layer_timing(self) -> bool:
+        """Steps arrive but hooks did not fire for the newest one (CUDA graphs, compiled replay)."""
+        return bool(self.last_step is not None and self.last_step.get("hooks_fired") is False)
+
+    @property
+    def newest_t_ns(self) -> int:
+        times = [r["t_ns"] for r in (self.last_step, self.samples[-1] if self.samples else None) if r]
+        return max(times) if times else 0
+
+    def rates(self) -> tuple[float, float]:
+        """(steps/s, tokens/s) over the last 5 s of session time (recorded time: works in replay)."""
+        if not self.stats or self.stats.n_steps < 2:
+            return 0.0, 0.0
+        a = self.stats.arrays(last=min(self.stats.n_steps, 4096))
+        t = a["t_ns"]
+        newest = t[-1]
+        sel = t >= newest - RATE_WINDOW_NS
+        if sel.sum() < 2:
+            sel[-2:] = True
+        span_s = (newest - t[sel][0]) / 1e9
+        if span_s <= 0:
+            return 0.0, 0.0
+        n = int(sel.sum()) - 1  # intervals between the selected steps
+        tokens = float(a["tokens"][sel][1:].sum())
+        return n / span_s, tokens / span_s
+
+    def step_percentiles(self) -> tuple[float, float]:
+        if not self.stats or not self.stats.n_steps:
+            return math.nan, math.nan
+        w = self.stats.arrays(last=STATS_WINDOW_STEPS)["wall_ms"]
+        p50, p99 = np.percentile(w, [50, 99])
+        return float(p50), float(p99)
+
+    def layer_view(self, spark_steps: int = 16) -> LayerView | None:
+        if not self.stats or not self.stats.n_steps:
+            return None
+        a = self.stats.arrays(last=STATS_WINDOW_STEPS)
+        s = summarize(self.stats.layer_names, self.stats.parents, a["layer_ms"], a["layer_cycles"],
+                      a["wall_ms"], a["kind"], a["tokens"])
+        rows = s.layers
+        col = lambda attr: np.array([getattr(r, attr) for r in rows], dtype=np.float64)  # noqa: E731
+        mean = col("mean_ms")
+        top = self.stats.top_level
+        slowest = np.zeros(len(rows), dtype=bool)
+        top_idx = np.flatnonzero(top & ~np.isnan(mean))
+        if top_idx.size >= 4:
+            k = max(1, min(3, top_idx.size // 4))
+            slowest[top_idx[np.argsort(mean[top_idx])[-k:]]] = True
+        view = LayerView(
+            names=self.stats.layer_names, parents=self.stats.parents, last_ms=col("last_ms"), mean_ms=mean,
+            p50_ms=col("p50_ms"), p99_ms=col("p99_ms"), cycles=col("mean_cycles"), share=col("share"),
+            recent_ms=a["layer_ms"][-spark_steps:].T, outlier=self.stats.outliers(), slowest=slowest,
+            order=np.arange(len(rows)))
+        view.order = self.sort_order(view)
+        return view
+
+    def sort_order(self, view: LayerView) -> np.ndarray:
+        n = len(view.names)
+        if self.sort_key == "order":
+            return np.arange(n)
+        values = {"last": view.last_ms, "mean": view.mean_ms, "p50": view.p50_ms, "p99": view.p99_ms,
+                  "cycles": view.cycles, "share": view.share}[self.sort_key]
+        keyed = np.nan_to_num(values, nan=-np.inf)
+        order = np.argsort(keyed, kind="stable")
+        return order[::-1] if self.sort_reverse else order
+
+    def cycle_sort(self) -> str:
+        self.sort_key = SORT_KEYS[(SORT_KEYS.index(self.sort_key) + 1) % len(SORT_KEYS)]
+        self.version += 1
+        return self.sort_key
+
+    def step_history(self, last: int = 240) -> tuple[np.ndarray, np.ndarray]:
+        """(wall_ms, kind) of the newest steps, oldest first."""
+        if not self.stats or not self.stats.n_steps:
+            return np.zeros(0), np.zeros(0, dtype="<U7")
+        a = self.stats.arrays(last=last)
+        return a["wall_ms"], a["kind"]
+
+    def step_distribution(self, bins: int = 12) -> dict[str, Any]:
+        """Histogram and moments of step times in the stats window, by kind and overall."""
+        if not self.stats or not self.stats.n_steps:
+            return {"counts": np.zeros(0), "edges": np.zeros(0), "by_kind": {}}
+        a = self.stats.arrays(last=STATS_WINDOW_STEPS)
+        w, kinds = a["wall_ms"], a["kind"]
+        counts, edges = np.histogram(w, bins=bins)
+        by_kind = {}
+        for kind in KINDS:
+            sel = kinds == kind
+            if sel.any():
+                x = w[sel]
+                p50, p90, p99 = np.percentile(x, [50, 90, 99])
+                by_kind[kind] = {"count": int(sel.sum()), "mean": float(x.mean()), "std": float(x.std()),
+                                 "p50": float(p50), "p90": float(p90), "p99": float(p99)}
+        return {"counts": counts, "edges": edges, "by_kind": by_kind}
+
+    def heatmap(self, last: int) -> np.ndarray:
+        """[layers, steps] moments of the newest ``last`` steps (NaN where a layer did not run)."""
+        if not self.stats or not self.stats.n_steps:
+            return np.zeros((len(self.layer_names), 0))
+        return self.stats.arrays(last=last)["layer_ms"].T
+
+    def clock_history(self, key: str = "clock_mhz", last: int = 120) -> list[float]:
+        values = [s.get(key) for s in list(self.samples)[-last:]]
+        return [float(v) for v in values if v is not None]
+
+    def layer_detail(self, index: int, last: int = HISTORY_STEPS) -> dict[str, Any]:
+        """Everything the detail screen shows for one layer."""
+        assert self.stats is not None
+        a = self.stats.arrays(last=last)
+        ms = a["layer_ms"][:, index]
+        cyc = a["layer_cycles"][:, index]
+        fired = ~np.isnan(ms)
+        meta = list(self.step_meta)[-len(ms):]
+        slowest = []
+        if fired.any():
+            idx = np.flatnonzero(fired)
+            for j in idx[np.argsort(ms[idx])[::-1][:5]]:
+                step_index, kind, clock, throttle = meta[j] if j < len(meta) else (None, None, None, ())
+                slowest.append({"step": step_index, "kind": kind, "ms": float(ms[j]),
+                                "clock_mhz": clock, "throttle": list(throttle)})
+        children = [j for j, p in enumerate(self.stats.parents) if p == index]
+        child_rows = []
+        for j in children:
+            cm = a["layer_ms"][:, j]
+            child_rows.append({"name": self.stats.layer_names[j],
+                               "mean_ms": float(np.nanmean(cm)) if (~np.isnan(cm)).any() else math.nan})
+        total = float(np.nanmean(ms)) if fired.any() else math.nan
+        for row in child_rows:
+            row["share_of_parent"] = row["mean_ms"] / total if total and total > 0 else math.nan
+        vals = ms[fired]
+        return {
+            "name": self.stats.layer_names[index],
+            "parent": self.stats.parents[index],
+            "history_ms": ms,
+            "count": int(fired.sum()),
+            "mean_ms": float(vals.mean()) if vals.size else math.nan,
+            "p50_ms": float(np.percentile(vals, 50)) if vals.size else math.nan,
+            "p99_ms": float(np.percentile(vals, 99)) if vals.size else math.nan,
+            "mean_cycles": float(np.nanmean(cyc)) if (~np.isnan(cyc)).any() else math.nan,
+            "last_cycles": float(cyc[fired][-1]) if fired.any() and not math.isnan(cyc[fired][-1]) else math.nan,
+            "children": child_rows,
+            "slowest": slowest,
+        }

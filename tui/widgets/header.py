@@ -1,0 +1,60 @@
+"""Header: model (with a mark when weights are random), device, dtype, depth, state and rates."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from ..render import fmt_ms, na
+from ..state import ViewState
+
+
+class HeaderBar(Static):
+    DEFAULT_CSS = """
+    HeaderBar { height: 2; background: $panel; color: $foreground; padding: 0 1; }
+    """
+
+    def show(self, state: ViewState, note: str | None = None) -> None:
+        self.update(self.render_text(state, note))
+
+    @staticmethod
+    def state_word(state: ViewState) -> str:
+        if state.error:
+            return "error"
+        if state.mode == "replay":
+            return "replay"
+        if state.footer is not None and state.mode == "live":
+            return "ended"
+        words = ["watch"] if state.mode == "watch" else []
+        words.append("paused" if state.paused else ("running" if state.mode == "live" else ""))
+        if state.recording_path:
+            words.append("● rec")
+        return " ".join(w for w in words if w)
+
+    def render_text(self, state: ViewState, note: str | None) -> Text:
+        t = Text(no_wrap=True, overflow="ellipsis")
+        h = state.header
+        if h is None:
+            t.append("llm-moments ", style="bold")
+            t.append(state.loading or state.error or "waiting for the session…")
+            return t
+        m, d = h.get("model", {}), h.get("device", {})
+        t.append(str(m.get("name")), style="bold")
+        if m.get("random_weights"):
+            t.append(" [RANDOM WEIGHTS]", style="bold $warning" if False else "bold reverse")
+        dev = d.get("name") or ("CPU" if d.get("kind") == "cpu" else d.get("kind"))
+        t.append(f"  {dev}  {m.get('dtype')}  depth {h.get('depth')}  ")
+        word = self.state_word(state)
+        t.append(f" {word} ", style="reverse bold")
+        t.append("\n")
+        sps, tps = state.rates()
+        p50, p99 = state.step_percentiles()
+        t.append(f"steps {state.steps_total}  {sps:.1f} steps/s  {tps:.0f} tok/s  "
+                 f"step p50 {fmt_ms(p50)} ms  p99 {fmt_ms(p99)} ms")
+        clock = h.get("clock", {}).get("source")
+        t.append(f"  clock {clock}")
+        if note:
+            t.append(f"  · {note}")
+        if state.recording_path:
+            t.append(f"  · rec {state.recording_path}")
+        return t

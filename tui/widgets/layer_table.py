@@ -1,0 +1,223 @@
+"""The layer table: one row per layer, drawn with Textual's Line API.
+
+Only the visible lines are rendered, from array snapshots taken once per frame (DataTable's
+per-cell updates would cost most of a core with hundreds of live rows: Textualize/textual#6457).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from rich.segment import Segment
+from rich.style import Style
+from textual.binding import Binding
+from textual.geometry import Region, Size
+from textual.message import Message
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+from ..render import palette, bar, fmt_cycles, fmt_ms, spark
+from ..state import LayerView
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str          # sort key, or "" when the column does not sort
+    title: str
+    width: int
+    priority: int     # lower survives narrower terminals
+
+
+COLUMNS = [
+    Column("", "", 2, 0),
+    Column("last", "last ms", 9, 1),
+    Column("mean", "mean ms", 9, 4),
+    Column("p50", "p50 ms", 9, 1),
+    Column("p99", "p99 ms", 9, 2),
+    Column("cycles", "cycles", 10, 1),
+    Column("share", "share", 7, 0),
+    Column("", "", 9, 3),            # share bar
+    Column("", "recent", 13, 3),     # sparkline
+]
+NAME_MIN = 16
+
+
+class LayerTable(ScrollView, can_focus=True):
+    """Rows in the state's sort order; the cursor follows a layer, not a row position."""
+
+    DEFAULT_CSS = """
+    LayerTable { background: $surface; overflow-x: hidden; }
+    """
+    BINDINGS = [
+        Binding("up,k", "cursor(-1)", "up", show=False),
+        Binding("down,j", "cursor(1)", "down", show=False),
+        Binding("pageup", "cursor(-10)", show=False),
+        Binding("pagedown", "cursor(10)", show=False),
+        Binding("home", "cursor(-100000)", show=False),
+        Binding("end", "cursor(100000)", show=False),
+        Binding("enter", "open", "detail"),
+    ]
+
+    class Selected(Message):
+        """A layer was chosen (enter or double click)."""
+
+        def __init__(self, index: int) -> None:
+            super().__init__()
+            self.index = index
+
+    class SortRequested(Message):
+        def __init__(self, key: str) -> None:
+            super().__init__()
+            self.key = key
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.view: LayerView | None = None
+        self.sort_key = "order"
+        self.cursor_layer = 0
+        self.no_timing = False
+        self._columns: list[Column] = []
+        self._name_width = NAME_MIN
+
+    # -- data -------------------------------------------------------------------------------------
+    def set_view(self, view: LayerView | None, sort_key: str, no_timing: bool = False) -> None:
+        self.view, self.sort_key, self.no_timing = view, sort_key, no_timing
+        rows = len(view.names) if view is not None else 0
+        self.virtual_size = Size(self.size.width, rows + 1)
+        self.refresh()
+
+    @property
+    def cursor_row(self) -> int:
+        if self.view is None:
+            return 0
+        where = np.flatnonzero(self.view.order == self.cursor_layer)
+        return int(where[0]) if where.size else 0
+
+    def action_cursor(self, delta: int) -> None:
+        if self.view is None:
+            return
+        row = max(0, min(len(self.view.names) - 1, self.cursor_row + delta))
+        self.cursor_layer = int(self.view.order[row])
+        self.scroll_to_region(Region(0, row + 1, 1, 1), animate=False, force=True)
+        self.refresh()
+
+    def action_open(self) -> None:
+        if self.view is not None:
+            self.post_message(self.Selected(self.cursor_layer))
+
+    # -- layout -----------------------------------------------------------------------------------
+    def _layout(self, width: int) -> None:
+        chosen = [c for c in COLUMNS if c.priority == 0]
+        for prio in range(1, 5):
+            extra = [c for c in COLUMNS if c.priority == prio]
+            used = sum(c.width for c in chosen + extra)
+            if width - used >= NAME_MIN + 2:
+                chosen += extra
+        self._columns = [c for c in COLUMNS if c in chosen]
+        self._name_width = max(NAME_MIN, width - sum(c.width for c in self._columns))
+
+    def _styles(self) -> dict[str, Style]:
+        v = palette(self.app)
+        return {
+            "base": Style.parse(f"{v.get('foreground', 'white')} on {v.get('surface', 'black')}"),
+            "head": Style.parse(f"bold {v.get('foreground', 'white')} on {v.get('panel', 'black')}"),
+            "cursor": Style.parse(f"bold {v.get('foreground', 'white')} on {v.get('accent', 'blue')}"),
+            "slow": Style.parse(f"bold {v.get('warning', 'yellow')}"),
+            "outlier": Style.parse(f"bold {v.get('error', 'red')}"),
+            "bar": Style.parse(v.get("primary", "blue")),
+            "muted": Style.parse(v.get("foreground-muted", "grey50")),
+        }
+
+    # -- rendering --------------------------------------------------------------------------------
+    def render_line(self, y: int) -> Strip:
+        width = self.scrollable_content_region.width
+        self._layout(width)
+        styles = self._styles()
+        if y == 0:
+            return self._header_strip(width, styles)
+        row = int(self.scroll_offset.y) + y - 1
+        view = self.view
+        if view is None or row >= len(view.names):
+            if view is None and y == 1:
+                return Strip([Segment("  waiting for the first step…".ljust(width), styles["muted"])], width)
+            return Strip.blank(width, styles["base"])
+        return self._row_strip(int(view.order[row]), width, styles)
+
+    def _header_strip(self, width: int, styles: dict[str, Style]) -> Strip:
+        parts = []
+        for col in self._columns[:1]:
+            parts.append(" " * col.width)
+        title = "layer" + (" ▼" if self.sort_key == "order" else "")
+        parts.append(title.ljust(self._name_width)[: self._name_width])
+        for col in self._columns[1:]:
+            t = col.title + ("▼" if col.key and col.key == self.sort_key else "")
+            parts.append(t.rjust(col.width - 1) + " " if col.key else t.ljust(col.width))
+        return Strip([Segment("".join(parts).ljust(width)[:width], styles["head"])], width)
+
+    def _row_strip(self, i: int, width: int, styles: dict[str, Style]) -> Strip:
+        v = self.view
+        assert v is not None
+        selected = i == self.cursor_layer
+        base = styles["cursor"] if selected else styles["base"]
+        segs: list[Segment] = []
+        child = v.parents[i] is not None
+        mark = "!" if v.outlier[i] else ("▲" if v.slowest[i] else " ")
+        mark_style = styles["outlier"] if v.outlier[i] else (styles["slow"] if v.slowest[i] else base)
+        segs.append(Segment(mark + " ", base + mark_style if not selected else base))
+        name = ("  " if child else "") + v.names[i]
+        if len(name) > self._name_width - 1:
+            name = "…" + name[-(self._name_width - 2):]
+        segs.append(Segment(name.ljust(self._name_width), base + styles["slow"] if v.slowest[i] and not selected else base))
+        for col in self._columns[1:]:
+            text, style = self._cell(col, i, styles)
+            segs.append(Segment(text, base + style if style and not selected else base))
+        return Strip(segs, width).crop(0, width).extend_cell_length(width, base)
+
+    def _cell(self, col: Column, i: int, styles: dict[str, Style]) -> tuple[str, Style | None]:
+        v = self.view
+        w = col.width
+        if self.no_timing and col.key in ("last", "mean", "p50", "p99", "cycles", "share"):
+            return "—".rjust(w - 1) + " ", styles["muted"]
+        if col.key == "last":
+            return fmt_ms(v.last_ms[i]).rjust(w - 1) + " ", styles["outlier"] if v.outlier[i] else None
+        if col.key == "mean":
+            return fmt_ms(v.mean_ms[i]).rjust(w - 1) + " ", None
+        if col.key == "p50":
+            return fmt_ms(v.p50_ms[i]).rjust(w - 1) + " ", None
+        if col.key == "p99":
+            return fmt_ms(v.p99_ms[i]).rjust(w - 1) + " ", None
+        if col.key == "cycles":
+            return fmt_cycles(v.cycles[i]).rjust(w - 1) + " ", None
+        if col.key == "share":
+            s = v.share[i]
+            return (f"{s * 100:5.1f}%" if not math.isnan(s) else "—").rjust(w - 1) + " ", None
+        if col.title == "recent":
+            return spark(v.recent_ms[i], w - 1) + " ", styles["bar"]
+        # the share bar: top-level layers against the step, sub-layers dimmed
+        return bar(v.share[i], w - 1) + " ", styles["muted"] if v.parents[i] is not None else styles["bar"]
+
+    # -- mouse ------------------------------------------------------------------------------------
+    def on_click(self, event) -> None:
+        if event.y == 0:
+            x = event.x
+            edge = self._columns[0].width if self._columns else 0
+            if x < edge + self._name_width:
+                self.post_message(self.SortRequested("order"))
+                return
+            edge += self._name_width
+            for col in self._columns[1:]:
+                if edge <= x < edge + col.width and col.key:
+                    self.post_message(self.SortRequested(col.key))
+                    return
+                edge += col.width
+            return
+        if self.view is None:
+            return
+        row = int(self.scroll_offset.y) + event.y - 1
+        if 0 <= row < len(self.view.names):
+            self.cursor_layer = int(self.view.order[row])
+            self.refresh()
+            if event.chain >= 2:
+                self.post_message(self.Selected(self.cursor_layer))

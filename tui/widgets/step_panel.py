@@ -1,0 +1,63 @@
+"""Step panel: step-time history (prefill and decode told apart) and the step-time distribution."""
+
+from __future__ import annotations
+
+import numpy as np
+from textual.content import Content
+from textual.widgets import Static
+
+from ..render import bar, ms3, spark
+from ..state import ViewState
+
+KIND_STYLE = {"prefill": "$accent", "decode": "$primary", "encode": "$primary"}
+
+
+class StepPanel(Static):
+    DEFAULT_CSS = """
+    StepPanel { border: round $primary; border-title-color: $foreground; padding: 0 1; height: 100%; }
+    """
+
+    def on_mount(self) -> None:
+        self.border_title = "steps"
+
+    def show(self, state: ViewState) -> None:
+        self.update(self.content(state, max(10, self.size.width - 4), max(3, self.size.height - 2)))
+
+    def content(self, state: ViewState, width: int, height: int) -> Content:
+        wall, kinds = state.step_history(last=width)
+        if wall.size == 0:
+            return Content("no steps yet")
+        parts: list = []
+        # One character per step, coloured by kind, on a shared scale so prefill spikes stand out.
+        line = spark(wall, width, lo=0.0, hi=float(np.nanmax(wall)))
+        pad = width - len(wall)
+        parts.append(line[:pad])
+        for ch, kind in zip(line[pad:], kinds):
+            parts.append((ch, KIND_STYLE.get(kind, "")))
+        parts.append("\n")
+        dist = state.step_distribution(bins=max(2, min(12, height - 2 - len(state.step_distribution()["by_kind"]))))
+        for kind, d in dist["by_kind"].items():
+            parts.append((f"{kind:<8}", KIND_STYLE.get(kind, "") + " bold"))
+            line = f"{d['count']:>5}× p50 {ms3(d['p50'])} p90 {ms3(d['p90'])} p99 {ms3(d['p99'])} ms"
+            if len(line) + 8 > width:
+                line = f" {d['count']}× p50 {ms3(d['p50'])} p99 {ms3(d['p99'])} ms"
+            extra = f" mean {ms3(d['mean'])}±{ms3(d['std'])}"
+            parts.append(line + (extra if len(line) + len(extra) + 8 <= width else "") + "\n")
+        counts, edges = dist["counts"], dist["edges"]
+        rows = max(0, height - 1 - len(dist["by_kind"]))
+        if rows and counts.size:
+            # Merge bins to fit the rows we have.
+            groups = np.array_split(np.arange(counts.size), min(rows, counts.size))
+            peak = max(int(counts.sum()), 1)
+            label_w = 15
+            bar_w = max(4, width - label_w - 6)
+            top = max(int(counts[g].sum()) for g in groups if g.size) or 1
+            for g in groups:
+                if not g.size:
+                    continue
+                n = int(counts[g].sum())
+                label = f"{ms3(edges[g[0]])}–{ms3(edges[g[-1] + 1])} ms"
+                parts.append(f"{label:>{label_w}} ")
+                parts.append((bar(n / top, bar_w), "$secondary"))
+                parts.append(f" {n}\n" if peak else "\n")
+        return Content.assemble(*parts).rstrip()
