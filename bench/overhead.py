@@ -31,6 +31,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+# Kineto (torch.profiler) logs every profiler start / stop to stderr below level 3 (errors).
+os.environ.setdefault("KINETO_LOG_LEVEL", "3")
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -131,10 +134,13 @@ def profiler_config(model: torch.nn.Module) -> Config:
 
 
 def tiny_fixed_model() -> tuple[torch.nn.Module, dict[str, Any]]:
+    import transformers
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    transformers.logging.set_verbosity_error()
     torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=6, n_embd=128, n_head=4, vocab_size=2048, n_positions=256)
+    cfg = GPT2Config(n_layer=6, n_embd=128, n_head=4, vocab_size=2048, n_positions=256,
+                     bos_token_id=0, eos_token_id=0)
     model = GPT2LMHeadModel(cfg).eval()
     info = {"name": MEM_TINY, "source": "bench", "architecture": type(model).__name__,
             "model_type": "gpt2", "parameters": sum(p.numel() for p in model.parameters()),

@@ -101,6 +101,11 @@ def build_parser(prog: str = "moments", headless_only: bool = True) -> tuple[arg
                      help="no UI: a progress bar, then a summary table" + (" (always, here)" if headless_only else ""))
     run.add_argument("--format", default="text", choices=["text", "json"], help="summary format (headless)")
     add_run_options(run)
+    stream = sub.add_parser("stream", help="(for the live UI) run a session, records as JSON Lines on stdout",
+                            description="Run a session and write every record as a JSON line on stdout; "
+                                        "read commands (record, stop-record, quit) as JSON lines on stdin. "
+                                        "The live monitor runs its engine this way, in a process of its own.")
+    add_run_options(stream)
     rep = sub.add_parser("report", help="print the summary of a recording",
                          description="Print per-layer and per-step statistics of a recording.")
     rep.add_argument("file", metavar="FILE", help="a recording (.jsonl) written by --record or the Python API")
@@ -254,4 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "report":
         return guarded(lambda: cmd_report(args))
+    if args.command == "stream":
+        from .stream import serve
+
+        return guarded(lambda: serve(args))
     return guarded(lambda: cmd_run_headless(args))

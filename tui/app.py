@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from textual.app import App
 from textual.binding import Binding
+from textual.css.query import NoMatches
 
 from engine.errors import MomentsError
 
@@ -76,9 +77,11 @@ class MomentsApp(App):
             self.notify(self._theme_warning, severity="warning", timeout=8)
         self.source.start()
         self.call_after_refresh(self.refresh_frame)
-        self.set_interval(1 / self.refresh_hz, self.refresh_frame)
+        self._timer = self.set_interval(1 / self.refresh_hz, self.refresh_frame)
 
     def on_unmount(self) -> None:
+        if self.main is not None:
+            self.main.ready = False
         self.source.stop()
 
     def refresh_frame(self) -> None:
@@ -86,11 +89,14 @@ class MomentsApp(App):
         self.state.apply(self.source.drain())
         note = self.source.note()
         key = (self.state.version, note, self.theme, self.size)
-        if key == self._shown or self.main is None or not self.main.is_mounted:
+        if key == self._shown or self.main is None or not self.main.ready:
             return
         self._shown = key
         frozen = self.state.paused and self.state.mode != "replay"
-        self.main.show(self.state, note, frozen)
+        try:
+            self.main.show(self.state, note, frozen, self.frames)
+        except NoMatches:  # the screen is being torn down (quit) while a tick was due
+            return
         if isinstance(self.screen, LayerDetailScreen) and not frozen:
             self.screen.show(self.state)
         self.frames += 1

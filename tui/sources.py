@@ -8,6 +8,11 @@ source does waits for the UI, and ``drain`` never blocks.
 from __future__ import annotations
 
 import collections
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -48,69 +53,96 @@ class _Buffered:
 
 
 class LiveSource(_Buffered):
-    """Loads the model and streams inputs through it on a background thread, under a Monitor."""
+    """Runs the session in an engine process of its own (``python -m engine stream``).
+
+    The UI reads its records from a pipe, exactly like following a file, so drawing never competes
+    with inference for the GIL. Recording is switched by commands on the child's stdin; quitting
+    asks the child to stop, which writes the footer and closes the recording.
+    """
 
     mode = "live"
     can_record = True
     can_seek = False
 
-    def __init__(self, args: Any):
+    def __init__(self, args: Any, python: str = sys.executable):
         super().__init__()
-        self.args = args
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.monitor = None
-        self.finished = threading.Event()
+        from engine.stream import to_argv
+
+        self.argv = [python, "-m", "engine", *to_argv(args)]
+        self.proc: subprocess.Popen | None = None
+        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
+        self._got_error = False
+        self._lock = threading.Lock()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="moments-engine", daemon=True)
-        self._thread.start()
+        env = dict(os.environ)
+        # The child imports the same engine as we do, installed or from a checkout.
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        env["PYTHONUNBUFFERED"] = "1"
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, encoding="utf-8", env=env, bufsize=1)
+        threading.Thread(target=self._read_records, name="moments-live-out", daemon=True).start()
+        threading.Thread(target=self._read_stderr, name="moments-live-err", daemon=True).start()
 
-    def _run(self) -> None:
-        from engine.cli import make_monitor, prepare_session, warm_up
-        from engine.runner import stream
+    def _read_records(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("type") == "error":
+                self._got_error = True
+            self._put(record)
+        code = self.proc.wait()
+        if code not in (0, None) and not self._got_error:
+            tail = [l for l in self._stderr_tail if l.strip()]
+            detail = tail[-1].strip() if tail else f"exit status {code}"
+            self._put({"type": "error", "message": f"the engine process stopped: {detail}"})
 
-        monitor = None
-        reason, error = "completed", None
-        try:
-            self._put({"type": "loading", "message": f"loading {self.args.model}…"})
-            texts, loaded = prepare_session(self.args)
-            if self._stop.is_set():
-                return
-            self._put({"type": "loading", "message": f"warming up {self.args.model}…"})
-            warm_up(self.args, loaded, texts)
-            monitor = make_monitor(self.args, loaded, [self._put])
-            self.monitor = monitor
-            monitor.start()
-            if self.args.record:
-                self._put({"type": "recording", "path": self.args.record})
-            stream(loaded, texts, monitor, batch_size=self.args.batch_size,
-                   max_new_tokens=self.args.max_new_tokens, steps=self.args.steps, stop=self._stop)
-        except MomentsError as exc:
-            reason, error = "error", str(exc)
-        except Exception as exc:  # shown in the UI with its message; the recording is kept
-            reason, error = "error", f"{type(exc).__name__}: {exc}"
-        finally:
-            if monitor is not None:
-                monitor.stop(reason, error=error)
-            if error:
-                self._put({"type": "error", "message": error})
-            self.finished.set()
+    def _read_stderr(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._stderr_tail.append(line)
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Stop after the current step; the monitor writes the footer and closes the recording."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
+    def _send(self, cmd: dict[str, Any]) -> None:
+        with self._lock:
+            if self.proc is None or self.proc.poll() is not None or self.proc.stdin is None:
+                raise MomentsError("the engine process is not running")
+            try:
+                self.proc.stdin.write(json.dumps(cmd) + "\n")
+                self.proc.stdin.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                raise MomentsError("the engine process is not running") from None
 
     def start_recording(self, path: str) -> str:
-        if self.monitor is None or self.monitor.stopped:
-            raise MomentsError("the session is not running yet")
-        return self.monitor.start_recording(path)
+        real = recording.check_writable(path)  # a bad path is refused here, at once
+        self._send({"cmd": "record", "path": str(real)})
+        return str(real)
 
     def stop_recording(self) -> None:
-        if self.monitor is not None:
-            self.monitor.stop_recording()
+        self._send({"cmd": "stop-record"})
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Ask the engine to stop after the current step; it writes the footer, then exits."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            self._send({"cmd": "quit"})
+            proc.stdin.close()
+        except (MomentsError, OSError, ValueError):
+            pass
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)  # still a controlled end: footer written
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
     def note(self) -> str | None:
         return None

@@ -152,7 +152,7 @@ class ViewState:
         """(steps/s, tokens/s) over the last 5 s of session time (recorded time: works in replay)."""
         if not self.stats or self.stats.n_steps < 2:
             return 0.0, 0.0
-        a = self.stats.arrays(last=min(self.stats.n_steps, 4096))
+        a = self.stats.arrays(last=min(self.stats.n_steps, 4096), fields=("t_ns", "tokens"))
         t = a["t_ns"]
         newest = t[-1]
         sel = t >= newest - RATE_WINDOW_NS
@@ -168,7 +168,7 @@ class ViewState:
     def step_percentiles(self) -> tuple[float, float]:
         if not self.stats or not self.stats.n_steps:
             return math.nan, math.nan
-        w = self.stats.arrays(last=STATS_WINDOW_STEPS)["wall_ms"]
+        w = self.stats.arrays(last=STATS_WINDOW_STEPS, fields=("wall_ms",))["wall_ms"]
         p50, p99 = np.percentile(w, [50, 99])
         return float(p50), float(p99)
 
@@ -214,14 +214,14 @@ class ViewState:
         """(wall_ms, kind) of the newest steps, oldest first."""
         if not self.stats or not self.stats.n_steps:
             return np.zeros(0), np.zeros(0, dtype="<U7")
-        a = self.stats.arrays(last=last)
+        a = self.stats.arrays(last=last, fields=("wall_ms", "kind"))
         return a["wall_ms"], a["kind"]
 
     def step_distribution(self, bins: int = 12) -> dict[str, Any]:
         """Histogram and moments of step times in the stats window, by kind and overall."""
         if not self.stats or not self.stats.n_steps:
             return {"counts": np.zeros(0), "edges": np.zeros(0), "by_kind": {}}
-        a = self.stats.arrays(last=STATS_WINDOW_STEPS)
+        a = self.stats.arrays(last=STATS_WINDOW_STEPS, fields=("wall_ms", "kind"))
         w, kinds = a["wall_ms"], a["kind"]
         counts, edges = np.histogram(w, bins=bins)
         by_kind = {}
@@ -238,7 +238,7 @@ class ViewState:
         """[layers, steps] moments of the newest ``last`` steps (NaN where a layer did not run)."""
         if not self.stats or not self.stats.n_steps:
             return np.zeros((len(self.layer_names), 0))
-        return self.stats.arrays(last=last)["layer_ms"].T
+        return self.stats.arrays(last=last, fields=("layer_ms",))["layer_ms"].T
 
     def clock_history(self, key: str = "clock_mhz", last: int = 120) -> list[float]:
         values = [s.get(key) for s in list(self.samples)[-last:]]

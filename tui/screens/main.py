@@ -52,7 +52,10 @@ class MainScreen(Screen):
         yield StatusLine(id="status")
         yield Footer()
 
+    ready = False  # set once the widgets exist: the app's timer may tick before that
+
     def on_mount(self) -> None:
+        self.ready = True
         self.query_one(LayerTable).focus()
         self._apply_size(self.size.width, self.size.height)
 
@@ -71,7 +74,9 @@ class MainScreen(Screen):
         if not self.wide:
             self.toggle_class("-heatmap-only")
 
-    def show(self, state: ViewState, note: str | None, frozen: bool) -> None:
+    SLOW_EVERY = 3  # the step panel and heatmap redraw every 3rd frame: they hold hundreds of cells
+
+    def show(self, state: ViewState, note: str | None, frozen: bool, frame: int = 0) -> None:
         """Draw a frame. ``frozen`` (paused live view) keeps table and step views still."""
         self.query_one(HeaderBar).show(state, note)
         self.query_one(StatusLine).show(state)
@@ -81,6 +86,8 @@ class MainScreen(Screen):
             return
         table = self.query_one(LayerTable)
         table.set_view(state.layer_view(), state.sort_key, state.no_layer_timing)
+        if frame % self.SLOW_EVERY:
+            return
         self.query_one("#steps" if self.wide else "#steps-small", StepPanel).show(state)
         heatmap_id = "#heatmap" if self.wide else "#bottom-heatmap"
         heatmap = self.query_one(heatmap_id, Heatmap)

@@ -23,7 +23,7 @@ class RecordDialog(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label("Record the rest of this session to (enter to start, esc to cancel):")
+            yield Label("Record the rest of this session to (enter: start, esc: cancel)")
             yield Input(value=self.default_path, id="path")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:

@@ -3,8 +3,6 @@ step a bright column. Line API: only visible rows are drawn."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from rich.segment import Segment
 from rich.style import Style
@@ -71,10 +69,23 @@ class Heatmap(ScrollView):
         out[ok] = q[ok].astype(np.int16)
         return out
 
+    def _palette_styles(self) -> tuple[Style, Style, list[Style]]:
+        """Base, missing and one style per heat level; rebuilt only when the theme changes."""
+        v = palette(self.app)
+        key = (v.get("heat-low"), v.get("heat-high"), v.get("surface"), v.get("foreground"))
+        if getattr(self, "_styles_key", None) != key:
+            low, high = v.get("heat-low", "#202040"), v.get("heat-high", "#ff6000")
+            self._styles_key = key
+            self._styles = (
+                Style.parse(f"{v.get('foreground', 'white')} on {v.get('surface', 'black')}"),
+                Style.parse(f"{v.get('foreground-muted', 'grey37')} on {v.get('surface', 'black')}"),
+                [Style(bgcolor=ramp(low, high, i / (LEVELS - 1))) for i in range(LEVELS)],
+            )
+        return self._styles
+
     def render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width
-        v = palette(self.app)
-        base = Style.parse(f"{v.get('foreground', 'white')} on {v.get('surface', 'black')}")
+        base, missing, heat = self._palette_styles()
         row = int(self.scroll_offset.y) + y
         if row >= len(self.names):
             return Strip.blank(width, base)
@@ -83,15 +94,17 @@ class Heatmap(ScrollView):
             name = "…" + name[-(NAME_W - 2):]
         segs = [Segment(name.ljust(NAME_W), base)]
         cells = max(0, width - NAME_W)
-        levels = self.levels[row, -cells:] if cells else []
-        low, high = v.get("heat-low", "#202040"), v.get("heat-high", "#ff6000")
-        missing = Style.parse(f"{v.get('foreground-muted', 'grey37')} on {v.get('surface', 'black')}")
+        levels = self.levels[row, -cells:] if cells else self.levels[row, :0]
         pad = cells - len(levels)
         if pad > 0:
             segs.append(Segment(" " * pad, base))
-        for level in levels:
-            if level < 0:
-                segs.append(Segment("·", missing))
-            else:
-                segs.append(Segment(" ", Style(bgcolor=ramp(low, high, level / (LEVELS - 1)))))
+        # One segment per run of equal levels: far fewer segments than cells.
+        if len(levels):
+            edges = np.flatnonzero(np.diff(levels)) + 1
+            for run in np.split(levels, edges):
+                level = int(run[0])
+                if level < 0:
+                    segs.append(Segment("·" * len(run), missing))
+                else:
+                    segs.append(Segment(" " * len(run), heat[level]))
         return Strip(segs, width)

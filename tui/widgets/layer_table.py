@@ -119,8 +119,12 @@ class LayerTable(ScrollView, can_focus=True):
         self._name_width = max(NAME_MIN, width - sum(c.width for c in self._columns))
 
     def _styles(self) -> dict[str, Style]:
+        """Rich styles from the theme; rebuilt only when the theme changes (render_line is hot)."""
         v = palette(self.app)
-        return {
+        if getattr(self, "_styles_for", None) is v:
+            return self._style_cache
+        self._styles_for = v
+        self._style_cache = {
             "base": Style.parse(f"{v.get('foreground', 'white')} on {v.get('surface', 'black')}"),
             "head": Style.parse(f"bold {v.get('foreground', 'white')} on {v.get('panel', 'black')}"),
             "cursor": Style.parse(f"bold {v.get('foreground', 'white')} on {v.get('accent', 'blue')}"),
@@ -129,6 +133,7 @@ class LayerTable(ScrollView, can_focus=True):
             "bar": Style.parse(v.get("primary", "blue")),
             "muted": Style.parse(v.get("foreground-muted", "grey50")),
         }
+        return self._style_cache
 
     # -- rendering --------------------------------------------------------------------------------
     def render_line(self, y: int) -> Strip:

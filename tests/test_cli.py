@@ -1,0 +1,368 @@
+"""The headless command line end to end, in subprocesses: real presets, recordings checked field by
+field, one-line errors for every bad input, and nothing lost when a run is interrupted.
+
+Starting Python with torch costs seconds here, so independent commands run two at a time from
+module fixtures and the tests read their results. Timeouts only guard against hangs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, cli_env, popen_cli, run_cli
+from engine import cli
+from engine.inputs import SAMPLE_TEXTS
+from engine.recording import load
+
+BERT_BLOCKS = ["embeddings", *(f"encoder.layer.{i}" for i in range(6)), "pooler"]
+GPT2_BLOCKS = ["transformer.wte", "transformer.wpe", *(f"transformer.h.{i}" for i in range(6)),
+               "transformer.ln_f", "lm_head"]
+
+
+def run_many(jobs: dict[str, dict]) -> dict[str, subprocess.CompletedProcess]:
+    """Run CLI commands two at a time (the machine has two cores); jobs: name → run_cli kwargs."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(run_cli, *job["args"], env=job.get("env")) for name, job in jobs.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+# -- successful runs ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    common = ["--warmup", "0", "--threads", "1"]
+    results = run_many({
+        "minilm": {"args": ["run", "--headless", "--model", "minilm", "--steps", "3", "--batch-size", "2",
+                            "--no-text", "--format", "json", "--record", str(d / "minilm.jsonl"), *common]},
+        "gpt2": {"args": ["run", "--model", "tiny-gpt2", "--steps", "4", "--max-new-tokens", "2",
+                          "--record", str(d / "gpt2.jsonl"), *common]},
+    })
+    return d, results
+
+
+def test_minilm_run(runs):
+    d, results = runs
+    result = results["minilm"]
+    assert_ok(result)
+    rec = load(d / "minilm.jsonl")
+    assert rec.warnings == []
+    h = rec.header
+    assert h["schema"] == "moments/1"
+    assert rec.layer_names == BERT_BLOCKS
+    assert all(layer["parent"] is None for layer in h["layers"])
+    assert h["model"]["name"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert h["model"]["architecture"] == "BertModel" and h["model"]["source"] == "preset"
+    assert h["model"]["random_weights"] is False and h["model"]["generative"] is False
+    assert h["device"]["kind"] == "cpu" and h["depth"] == "blocks"
+    assert isinstance(h["clock"]["source"], str) and h["clock"]["source"]
+    assert h["record_text"] is False
+    assert h["run"]["batch_size"] == 2 and h["run"]["max_new_tokens"] is None
+    assert len(rec.steps) == 3
+    for s in rec.steps:
+        assert s["kind"] == "encode"
+        assert s["batch"] == 2 and s["tokens"] == 2 * s["seq_len"] and s["seq_len"] > 5
+        assert len(s["layer_ms"]) == len(BERT_BLOCKS) and None not in s["layer_ms"]
+        assert s["hooks_fired"] is True
+    assert not [o for o in rec.others if o["type"] == "text"]  # --no-text
+    assert rec.footer["reason"] == "completed" and rec.footer["steps"] == 3
+
+    doc = json.loads(result.stdout)  # --format json: the summary only, on stdout
+    assert [l["name"] for l in doc["layers"]] == BERT_BLOCKS
+    assert [(s["kind"], s["count"]) for s in doc["steps"]] == [("encode", 3)]
+    assert doc["steps_total"] == 3
+
+
+def test_tiny_gpt2_run(runs):
+    d, results = runs
+    result = results["gpt2"]
+    assert_ok(result)
+    rec = load(d / "gpt2.jsonl")
+    assert rec.warnings == []
+    assert rec.layer_names == GPT2_BLOCKS
+    m = rec.header["model"]
+    assert (m["name"], m["architecture"], m["random_weights"], m["generative"]) == \
+        ("tiny-gpt2", "GPT2LMHeadModel", True, True)
+    assert rec.header["run"]["max_new_tokens"] == 2 and rec.header["record_text"] is True
+    assert [s["kind"] for s in rec.steps] == ["prefill", "decode", "prefill", "decode"]
+    prefill, decode = rec.steps[0], rec.steps[1]
+    assert prefill["tokens"] == prefill["seq_len"] > 5 and prefill["batch"] == 1
+    assert decode["tokens"] == 1 and decode["seq_len"] == 1
+    assert [s["index"] for s in rec.steps] == [0, 1, 2, 3]
+    for s in rec.steps:
+        assert len(s["layer_ms"]) == len(s["layer_cycles"]) == len(GPT2_BLOCKS)
+        assert s["unattributed_ms"] == pytest.approx(s["wall_ms"] - sum(s["layer_ms"]), abs=1e-3)
+    assert rec.samples and all("t_ns" in s for s in rec.samples)
+    texts = [o for o in rec.others if o["type"] == "text"]
+    assert [t["prompts"] for t in texts] == [[SAMPLE_TEXTS[0]], [SAMPLE_TEXTS[1]]]
+    assert all(len(t["outputs"]) == 1 and isinstance(t["outputs"][0], str) for t in texts)
+    assert rec.footer["reason"] == "completed" and rec.footer["steps"] == 4
+
+    out = result.stdout
+    assert "Moments per layer" in out and "Step time by kind" in out
+    for name in ("transformer.h.5", "lm_head", "prefill", "decode", "[RANDOM WEIGHTS]"):
+        assert name in out
+    assert "random weights" in result.stderr
+    assert f"recorded 4 steps to {d / 'gpt2.jsonl'}" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def reports(runs):
+    d, results = runs
+    assert results["gpt2"].returncode == 0
+    path = str(d / "gpt2.jsonl")
+    return run_many({"text": {"args": ["report", path]}, "json": {"args": ["report", path, "--format", "json"]}})
+
+
+def test_report_prints_the_table(reports):
+    result = reports["text"]
+    assert_ok(result)
+    assert result.stderr == ""  # a clean recording: no warnings
+    rows = [[cell.strip() for cell in line.split("│")] for line in result.stdout.splitlines() if "│" in line]
+    by_first = {row[0]: row for row in rows}
+    for name in GPT2_BLOCKS:
+        assert by_first[name][1] == "4", name  # layer row: name, calls, ...
+    assert by_first["prefill"][1:3] == ["2", by_first["prefill"][2]] and int(by_first["prefill"][2]) > 10
+    assert by_first["decode"][1:3] == ["2", "2"]  # kind, steps, tokens: one token per decode step
+    assert "tiny-gpt2" in result.stdout and "[RANDOM WEIGHTS]" in result.stdout
+
+
+def test_report_json(reports):
+    result = reports["json"]
+    assert_ok(result)
+    doc = json.loads(result.stdout)
+    assert [l["name"] for l in doc["layers"]] == GPT2_BLOCKS
+    assert all(l["count"] == 4 for l in doc["layers"])
+    assert {s["kind"]: s["count"] for s in doc["steps"]} == {"prefill": 2, "decode": 2}
+    assert doc["model"]["random_weights"] is True
+    assert 0 < doc["coverage"] <= 1
+
+
+def test_moments_command_reports_too(runs):
+    moments = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin" / "moments"
+    if not moments.exists():
+        pytest.skip("the moments script is not installed in this environment")
+    d, results = runs
+    assert results["gpt2"].returncode == 0
+    result = subprocess.run([str(moments), "report", str(d / "gpt2.jsonl"), "--format", "json"],
+                            capture_output=True, text=True, timeout=120, env=cli_env())
+    assert_ok(result)
+    assert [l["name"] for l in json.loads(result.stdout)["layers"]] == GPT2_BLOCKS
+
+
+def test_report_warns_about_a_cut_off_recording(runs, tmp_path):
+    d, results = runs
+    assert results["gpt2"].returncode == 0
+    text = (d / "gpt2.jsonl").read_text(encoding="utf-8")
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text(text[: text.rindex('{"type":"step"') + 40], encoding="utf-8")
+    result = run_cli("report", str(cut), "--format", "json")
+    assert_ok(result)
+    assert "moments: warning:" in result.stderr and "cut off" in result.stderr
+    assert json.loads(result.stdout)["steps_total"] == 3
+
+
+# -- bad inputs: one line on stderr, a non-zero exit, no traceback -------------------------------------
+
+
+def _error_jobs(d: Path) -> dict[str, dict]:
+    (d / "no-config").mkdir()
+    (d / "empty.txt").write_text("", encoding="utf-8")
+    (d / "no-text.jsonl").write_text('{"text": "fine"}\n{"prompt": "no text field"}\n', encoding="utf-8")
+    (d / "notes.txt").write_text("just some notes\nnot a recording\n", encoding="utf-8")
+    (d / "v2.jsonl").write_text(json.dumps({"type": "header", "schema": "moments/2", "layers": []}) + "\n",
+                                encoding="utf-8")
+    (d / "hf-home").mkdir()
+    hub_env = cli_env(HF_HOME=str(d / "hf-home"))
+    for key in ("HF_HUB_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE"):
+        hub_env.pop(key, None)  # the engine must go offline by itself
+    run = ["run", "--headless", "--warmup", "0", "--steps", "1"]
+    jobs = {
+        "unknown preset": (run + ["--model", "no-such-preset"], "unknown model 'no-such-preset'"),
+        "missing model path": (run + ["--model", str(d / "missing" / "model")], "not an existing directory"),
+        "directory without config": (run + ["--model", str(d / "no-config")], "no config.json"),
+        "hub id not cached": (run + ["--model", "some-org/some-model"], "not in the local Hugging Face cache"),
+        "missing inputs": (run + ["--inputs", str(d / "missing.txt")], "does not exist"),
+        "empty inputs": (run + ["--inputs", str(d / "empty.txt")], "are empty"),
+        "json line without text": (run + ["--inputs", str(d / "no-text.jsonl")], ':2: a JSON line needs a string "text"'),
+        "record into a missing folder": (run + ["--record", str(d / "nope" / "run.jsonl")], "does not exist"),
+        "record onto a directory": (run + ["--record", str(d / "no-config")], "is a directory"),
+        "sample rate too high": (run + ["--sample-hz", "50"], "--sample-hz must be"),
+        "report on notes": (["report", str(d / "notes.txt")], "is not a moments recording"),
+        "report on a newer schema": (["report", str(d / "v2.jsonl")], "moments/2"),
+        "report on a missing file": (["report", str(d / "missing.jsonl")], "no such recording"),
+        "report on an empty file": (["report", str(d / "empty.txt")], "is empty"),
+        "report on a directory": (["report", str(d / "no-config")], "is a directory"),
+    }
+    if not torch.cuda.is_available():
+        jobs["cuda without a gpu"] = (run + ["--device", "cuda"], "no CUDA GPU is visible")
+    return {name: {"args": args, "expect": expect, "env": hub_env if "hub" in name else None}
+            for name, (args, expect) in jobs.items()}
+
+
+@pytest.fixture(scope="module")
+def errors(tmp_path_factory):
+    d = tmp_path_factory.mktemp("errors")
+    jobs = _error_jobs(d)
+    return d, jobs, run_many(jobs)
+
+
+ERROR_CASES = ["unknown preset", "missing model path", "directory without config", "hub id not cached",
+               "missing inputs", "empty inputs", "json line without text", "record into a missing folder",
+               "record onto a directory", "sample rate too high", "report on notes", "report on a newer schema",
+               "report on a missing file", "report on an empty file", "report on a directory",
+               "cuda without a gpu"]
+
+
+@pytest.mark.parametrize("case", ERROR_CASES)
+def test_bad_input_is_one_line(errors, case):
+    d, jobs, results = errors
+    if case not in results:
+        pytest.skip("a CUDA GPU is visible here")
+    result = results[case]
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1, result.stderr  # exactly one line ...
+    line = result.stderr.rstrip("\n")
+    assert line.startswith("moments: error: ")  # ... in the one format
+    assert jobs[case]["expect"] in line
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+
+
+def test_no_recording_is_left_by_a_failed_start(errors):
+    d, _, _ = errors
+    assert not (d / "nope").exists()
+    assert sorted(p.name for p in d.iterdir()) == ["empty.txt", "hf-home", "no-config", "no-text.jsonl",
+                                                   "notes.txt", "v2.jsonl"]
+    assert list((d / "no-config").iterdir()) == []
+
+
+# -- in-process checks of the parser and of the order of checks ----------------------------------------
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--batch-size", "0"], "--batch-size: must be at least 1, not 0"),
+    (["run", "--steps", "many"], "--steps: 'many' is not a whole number"),
+    (["run", "--warmup", "-1"], "--warmup: must be 0 or more"),
+    (["run", "--max-new-tokens", "0"], "--max-new-tokens: must be at least 1"),
+    (["run", "--depth", "everything"], "--depth: invalid choice"),
+    (["run", "--sample-hz", "fast"], "'fast' is not a number"),
+    (["report"], "the following arguments are required: FILE"),
+    (["--batch-size", "0"], "--batch-size: must be at least 1"),  # run is the default command
+])
+def test_usage_errors_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_run_is_the_default_command_with_options(monkeypatch, capsys):
+    # `python -m engine --model X` runs X (it once told the user that X was not a command)
+    monkeypatch.setattr("engine.models.load_model", _must_not_load)
+    assert cli.main(["--model", "no-such-preset", "--inputs", "/no/such/inputs.txt"]) == 2
+    assert capsys.readouterr().err == "moments: error: inputs file /no/such/inputs.txt does not exist\n"
+
+
+def _must_not_load(*args, **kwargs):
+    raise AssertionError("the model was loaded before the cheap checks")
+
+
+@pytest.mark.parametrize("where", ["missing folder", "directory"])
+def test_record_path_is_checked_before_the_model_loads(where, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("engine.models.load_model", _must_not_load)
+    target = tmp_path / "missing" / "run.jsonl" if where == "missing folder" else tmp_path
+    before = sorted(tmp_path.rglob("*"))
+    code = cli.main(["run", "--headless", "--record", str(target), "--inputs", str(tmp_path / "nothing.txt")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("moments: error: cannot record to ") and err.count("\n") == 1  # not the inputs error
+    assert "AssertionError" not in err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith("llm-moments ")
+
+
+# -- interruption: nothing recorded is lost ------------------------------------------------------------
+
+
+def _count_steps(path: Path) -> int:
+    try:
+        return path.read_text(encoding="utf-8").count('"type":"step"')
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """Two long runs, stopped by SIGINT and by SIGTERM once each has recorded two steps."""
+    d = tmp_path_factory.mktemp("signals")
+    procs = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        path = d / f"{sig.name}.jsonl"
+        procs[sig] = (path, popen_cli("run", "--headless", "--model", "tiny-gpt2", "--steps", "100000",
+                                      "--max-new-tokens", "4", "--warmup", "0", "--threads", "1",
+                                      "--record", str(path)))
+    out = {}
+    deadline = time.monotonic() + 240  # a guard against a hang, not a performance check
+    waiting = dict(procs)
+    while waiting and time.monotonic() < deadline:
+        for sig, (path, proc) in list(waiting.items()):
+            if proc.poll() is not None:
+                del waiting[sig]  # ended early: the test will say why
+            elif _count_steps(path) >= 2:
+                proc.send_signal(sig)
+                del waiting[sig]
+        time.sleep(0.1)
+    for sig, (path, proc) in procs.items():
+        try:
+            stdout, stderr = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+        out[sig] = (path, proc.returncode, stdout, stderr)
+    return out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_run_keeps_its_recording(interrupted, sig):
+    path, code, stdout, stderr = interrupted[sig]
+    assert code == 130, stderr
+    assert "Traceback" not in stderr
+    rec = load(path)
+    assert rec.warnings == []  # every line complete, footer present
+    assert rec.footer["reason"] == "interrupted"
+    assert rec.footer["steps"] == len(rec.steps) >= 2
+    assert [s["index"] for s in rec.steps] == list(range(len(rec.steps)))
+    assert rec.steps[0]["kind"] == "prefill"
+    assert "Moments per layer" in stdout  # the summary of what was measured is still printed
+    assert "moments: interrupted" in stderr
+
+
+def test_python_m_engine_without_moments_script():
+    # the engine's CLI must not need the UI package
+    assert shutil.which("python") or True
+    import engine.cli as engine_cli
+
+    assert "tui" not in engine_cli.__dict__
