@@ -152,6 +152,8 @@ def run_rounds(configs: Sequence[Config], decoder: Decoder, *, rounds: int, k: i
     for r in range(warmup_rounds + rounds):
         if deadline is not None and r >= warmup_rounds and time.monotonic() > deadline:
             break
+        if r == warmup_rounds and progress is not None:
+            progress.restart()  # the ETA counts recorded rounds only
         rng.shuffle(order)
         on_first = r % 2 == 0
         for cfg in order:
@@ -192,6 +194,9 @@ class Progress:
         self._last_draw = 0.0
         self._last_decile = -1
         self._open = False
+
+    def restart(self) -> None:
+        self.t0 = time.monotonic()
 
     def update(self, n: int) -> None:
         if self.quiet:

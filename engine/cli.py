@@ -51,7 +51,7 @@ def rate_hz(text: str) -> float:
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
-    from .models import PRESETS  # cheap: the module imports torch lazily enough for --help
+    from .presets import PRESETS  # torch-free: --help stays instant
 
     presets = "; ".join(f"{k}: {v['about']}" for k, v in PRESETS.items())
     g = p.add_argument_group("model")
@@ -82,6 +82,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="batches run before measuring, unhooked (default 1)")
     g.add_argument("--sample-hz", type=rate_hz, default=10.0, help="clock samples per second, at most 20 (default 10)")
     g.add_argument("--util-hz", type=rate_hz, default=5.0, help="utilization samples per second, at most 10 (default 5)")
+    g.add_argument("--no-calibrate", action="store_true",
+                   help="skip the roofline calibration (a matmul and a copy, ~2 s, cached per device)")
     g = p.add_argument_group("recording")
     g.add_argument("--record", default=None, metavar="FILE", help="write the session to FILE (JSON Lines, moments/1)")
     g.add_argument("--no-text", action="store_true", help="keep prompts and generated text out of the recording")
@@ -179,6 +181,7 @@ def make_monitor(args: argparse.Namespace, loaded: Any, listeners: Sequence[Call
                 "threads": __import__("torch").get_num_threads()}
     return Monitor(loaded.model, depth=args.depth, record=args.record, sample_hz=args.sample_hz,
                    util_hz=args.util_hz, model_info=loaded.info, run_info=run_info,
+                   roof=not getattr(args, "no_calibrate", False),
                    record_text=not args.no_text, listeners=list(listeners))
 
 

@@ -29,7 +29,9 @@ from .hooks import StepHooks, find_layers
 from .recording import SCHEMA, Recorder
 from .sampler import Sampler, make_clock_source
 from .stats import RollingStats, Summary
+from .roof import machine_roof
 from .timing import make_timer
+from .work import layer_work
 
 Listener = Callable[[dict[str, Any]], None]
 _STOP = object()
@@ -132,7 +134,7 @@ class Monitor:
     def __init__(self, model: nn.Module, *, depth: str = "blocks", record: str | os.PathLike | None = None,
                  clock_source: Any = None, sample_hz: float = 10.0, util_hz: float = 5.0,
                  model_info: dict[str, Any] | None = None, run_info: dict[str, Any] | None = None,
-                 record_text: bool = True, window_steps: int = 8192,
+                 record_text: bool = True, window_steps: int = 8192, roof: dict[str, Any] | bool | None = None,
                  listeners: list[Listener] | tuple[Listener, ...] = ()):
         self.model = model
         self.depth = depth
@@ -148,6 +150,9 @@ class Monitor:
         if not (0 < util_hz <= 10):
             raise MomentsError(f"--util-hz must be in (0, 10], not {util_hz}")
         self._clock_source = clock_source
+        # roof: a dict (measured by the caller), True (calibrate now, cached per device), or
+        # None/False (the cached measurement or datasheet figures if there are any; never a wait).
+        self._roof_request = roof
         self.recorder = Recorder(record) if record is not None else None
         self.stats = RollingStats([l.name for l in self.layers], [l.parent for l in self.layers], window_steps)
         self._stats_lock = threading.Lock()
@@ -207,6 +212,10 @@ class Monitor:
         self._queue.put(_STOP)
         self._worker.join()
         self.footer = footer
+        if self._clock_source is None:  # we opened it (NVML handle): we close it
+            close = getattr(self.clock_source, "close", None)
+            if callable(close):
+                close()
         return footer
 
     def __enter__(self) -> "Monitor":
@@ -223,15 +232,14 @@ class Monitor:
     # -- hot path (inference thread) ----------------------------------------------------------------
     def _on_step_begin(self, args: tuple, kwargs: dict) -> None:
         batch, seq, past = _step_shape(args, kwargs)
+        past_len = _past_length(past) if self.generative else 0
         if not self.generative:
             kind = "encode"
+        elif past_len is None:
+            kind = "decode" if seq == 1 else "prefill"
         else:
-            past_len = _past_length(past)
-            if past_len is None:
-                kind = "decode" if seq == 1 else "prefill"
-            else:
-                kind = "decode" if past_len > 0 else "prefill"
-        self._open_step = (self.steps_started, kind, batch, seq, time.perf_counter_ns())
+            kind = "decode" if past_len > 0 else "prefill"
+        self._open_step = (self.steps_started, kind, batch, seq, past_len, time.perf_counter_ns())
         self.steps_started += 1
         self.timer.begin_step()
 
@@ -245,31 +253,54 @@ class Monitor:
         self._queue.put(("step", pending, self._open_step, t1))
 
     # -- worker thread -----------------------------------------------------------------------------
+    # The worker wakes at most this often: one wake per step would make it fight the inference
+    # thread for the GIL on every step of a fast model; steps wait a few ms, inference never.
+    WORKER_INTERVAL_S = 0.02
+
     def _work(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                break
-            try:
-                if isinstance(item, tuple) and item[0] == "record":
-                    self._switch_recorder(item[1])
-                    continue
-                if isinstance(item, tuple):
-                    record = self._resolve_step(*item[1:])
-                else:
-                    record = item
-                    if record.get("type") == "footer":
-                        record["steps"] = self.steps_recorded
-                self._emit(record)
-            except Exception as exc:  # the worker must outlive a bad step: report, carry on
-                self._status(f"monitor error: {type(exc).__name__}: {exc}")
+        running = True
+        while running:
+            batch = [self._queue.get()]
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            for item in batch:
+                if item is _STOP:
+                    running = False
+                    break
+                self._handle(item)
+            if self.recorder is not None and not self.recorder.closed:
+                try:
+                    self.recorder.flush()  # once per batch: every step that ended is on disk
+                except (OSError, ValueError) as exc:
+                    self.recorder.close()
+                    self._status(f"recording stopped: {exc}")
+            if running:
+                time.sleep(self.WORKER_INTERVAL_S)
         if self.recorder is not None:
             self.recorder.close(self.footer or None)
 
+    def _handle(self, item: Any) -> None:
+        try:
+            if isinstance(item, tuple) and item[0] == "record":
+                self._switch_recorder(item[1])
+                return
+            if isinstance(item, tuple):
+                record = self._resolve_step(*item[1:])
+            else:
+                record = item
+                if record.get("type") == "footer":
+                    record["steps"] = self.steps_recorded
+            self._emit(record)
+        except Exception as exc:  # the worker must outlive a bad step: report, carry on
+            self._status(f"monitor error: {type(exc).__name__}: {exc}")
+
     def _resolve_step(self, pending: Any, opened: tuple, t1_ns: int) -> dict[str, Any]:
-        index, kind, batch, seq, t0_abs = opened
+        index, kind, batch, seq, past_len, t0_abs = opened
         done = self.timer.resolve(pending)
         t0 = t0_abs - self.t0_ns
         t1 = t1_ns - self.t0_ns
@@ -291,7 +322,10 @@ class Monitor:
         return {
             "type": "step", "index": index, "kind": kind, "t_ns": t0, "wall_ms": round(wall_ms, 5),
             "host_ms": round((t1 - t0) / 1e6, 5), "tokens": batch * seq, "batch": batch, "seq_len": seq,
+            "past_len": past_len,
             "layer_ms": layer_ms, "layer_cycles": cycles,
+            "layer_start_ms": [None if ms is None or st != st else round(st / 1e6, 5)
+                               for ms, st in zip(layer_ms, done.start_ns or [float("nan")] * len(layer_ms))],
             "clock_mhz": None if clock_mhz is None else round(clock_mhz, 1),
             "clock_samples": n_inside,
             "cycles": None if not clock_mhz else int(wall_ms * clock_mhz * 1e3),
@@ -311,8 +345,11 @@ class Monitor:
             recorder.write(self.header)
         note = {"type": "recording", "t_ns": time.perf_counter_ns() - self.t0_ns,
                 "path": str(recorder.path) if recorder is not None else None}
-        for fn in self._listeners:
-            fn(note)
+        for fn in list(self._listeners):
+            try:
+                fn(note)
+            except Exception:
+                pass  # _emit reports and removes a failing listener on the next record
 
     def start_recording(self, path: str | os.PathLike) -> str:
         """Record the rest of a running session to ``path`` (a bad path raises MomentsError now)."""
@@ -332,7 +369,7 @@ class Monitor:
             self.steps_recorded += 1
         if self.recorder is not None and not self.recorder.closed:
             try:
-                self.recorder.write(record)
+                self.recorder.write(record, flush=rtype in ("header", "footer"))
             except (OSError, ValueError) as exc:
                 # Keep measuring even if the disk fills up; say so once.
                 self.recorder.close()
@@ -347,7 +384,11 @@ class Monitor:
     def _status(self, message: str, level: str = "warning") -> None:
         self.statuses.append(message)
         t_ns = time.perf_counter_ns() - self.t0_ns if self.started else 0
-        self._queue.put({"type": "status", "t_ns": t_ns, "level": level, "message": message})
+        record = {"type": "status", "t_ns": t_ns, "level": level, "message": message}
+        if threading.current_thread() is getattr(self, "_worker", None):
+            self._emit(record)  # said by the worker itself: in order, and before any footer
+        else:
+            self._queue.put(record)
 
     def _build_header(self, source: Any) -> dict[str, Any]:
         try:
@@ -368,7 +409,22 @@ class Monitor:
             "run": self.run_info,
             "layers": [{"name": l.name, "parent": l.parent, "module": type(l.module).__name__}
                        for l in self.layers],
+            "work": {"formula": "flops = a*tokens + b*tokens*context; bytes = w + c*tokens + d*batch*context; "
+                                "last_only: the head sees one position per sequence in a prefill",
+                     "columns": ["a", "b", "w", "c", "d", "last_only"],
+                     "layers": [w.as_list() for w in layer_work(self.model, self.layers, self.generative)]},
+            "roof": self._roof(),
         }
+
+    def _roof(self) -> dict[str, Any] | None:
+        if isinstance(self._roof_request, dict):
+            return self._roof_request
+        dtype = next((p.dtype for p in self.model.parameters()), torch.float32)
+        try:
+            return machine_roof(self.device, dtype, calibrate_now=self._roof_request is True)
+        except Exception as exc:  # a roof is a bonus: never a reason to fail a session
+            self._status(f"no roofline: {type(exc).__name__}: {exc}")
+            return None
 
     # -- for callers ------------------------------------------------------------------------------
     def note_text(self, prompts: list[str], outputs: list[str] | None = None) -> None:

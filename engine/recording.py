@@ -55,7 +55,12 @@ class Recorder:
         self.steps_written = 0
         self.closed = False
 
-    def write(self, record: dict[str, Any], flush: bool = False) -> None:
+    def flush(self) -> None:
+        if self._fh is not None:
+            self._fh.flush()
+
+    def write(self, record: dict[str, Any], flush: bool | None = None) -> None:
+        """Append one record; ``flush`` None: flush unless it is a sample (callers that batch pass False)."""
         if self._fh is None:
             return
         self._fh.write(json.dumps(record, separators=(",", ":"), allow_nan=False, default=_json_default))
@@ -66,7 +71,7 @@ class Recorder:
         elif rtype == "step":
             self.steps_written += 1
         # Samples ride along with the next flush; everything else reaches the disk at once.
-        if flush or rtype != "sample":
+        if flush or (flush is None and rtype != "sample"):
             self._fh.flush()
 
     def close(self, footer: dict[str, Any] | None = None) -> None:

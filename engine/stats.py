@@ -178,6 +178,40 @@ def _quiet_nan(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
+def layer_arrays(layer_ms: np.ndarray, layer_cycles: np.ndarray, wall_ms: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-layer statistics of S steps × L layers as arrays (NaN: the layer did not fire).
+
+    count, last_ms, mean_ms, p50_ms, p99_ms, mean_cycles, share (of the summed step wall time).
+    """
+    n_steps, n_layers = layer_ms.shape
+    if n_steps == 0:
+        nan = np.full(n_layers, np.nan)
+        return {"count": np.zeros(n_layers, dtype=np.int64), "last_ms": nan, "mean_ms": nan, "p50_ms": nan,
+                "p99_ms": nan, "mean_cycles": nan, "share": nan}
+    wall_total = float(np.nansum(wall_ms))
+    missing = np.isnan(layer_ms)
+    counts = n_steps - missing.sum(axis=0)
+    if missing.any():
+        mean = _quiet_nan(np.nanmean, layer_ms, axis=0)
+        # nanpercentile is an order of magnitude slower: only for the columns that need it
+        holes = missing.any(axis=0)
+        p50, p99 = np.empty(n_layers), np.empty(n_layers)
+        if (~holes).any():
+            p50[~holes], p99[~holes] = np.percentile(layer_ms[:, ~holes], [50, 99], axis=0)
+        p50[holes], p99[holes] = _quiet_nan(np.nanpercentile, layer_ms[:, holes], [50, 99], axis=0)
+        newest = n_steps - 1 - np.argmax(~missing[::-1], axis=0)  # newest step each layer fired in
+        last = np.where(counts > 0, layer_ms[newest, np.arange(n_layers)], np.nan)
+    else:  # the common case
+        mean = layer_ms.mean(axis=0)
+        p50, p99 = np.percentile(layer_ms, [50, 99], axis=0)
+        last = layer_ms[-1].copy()
+    cycles_missing = np.isnan(layer_cycles)
+    cyc = _quiet_nan(np.nanmean, layer_cycles, axis=0) if cycles_missing.any() else layer_cycles.mean(axis=0)
+    share = np.nansum(layer_ms, axis=0) / wall_total if wall_total > 0 else np.zeros(n_layers)
+    return {"count": counts, "last_ms": last, "mean_ms": mean, "p50_ms": p50, "p99_ms": p99,
+            "mean_cycles": cyc, "share": share}
+
+
 def summarize(layer_names: Sequence[str], parents: Sequence[int | None], layer_ms: np.ndarray,
               layer_cycles: np.ndarray, wall_ms: np.ndarray, kinds: np.ndarray, tokens: np.ndarray,
               steps_total: int | None = None) -> Summary:
@@ -188,28 +222,11 @@ def summarize(layer_names: Sequence[str], parents: Sequence[int | None], layer_m
     wall_total = float(np.nansum(wall_ms)) if n_steps else 0.0
     rows = []
     if n_steps:
-        missing = np.isnan(layer_ms)
-        counts = n_steps - missing.sum(axis=0)
-        if missing.any():
-            mean = _quiet_nan(np.nanmean, layer_ms, axis=0)
-            # nanpercentile is an order of magnitude slower: only for the columns that need it
-            holes = missing.any(axis=0)
-            p50, p99 = np.empty(len(layer_names)), np.empty(len(layer_names))
-            if (~holes).any():
-                p50[~holes], p99[~holes] = np.percentile(layer_ms[:, ~holes], [50, 99], axis=0)
-            p50[holes], p99[holes] = _quiet_nan(np.nanpercentile, layer_ms[:, holes], [50, 99], axis=0)
-            # newest moment of each layer that fired at all
-            newest = n_steps - 1 - np.argmax(~missing[::-1], axis=0)
-            last = np.where(counts > 0, layer_ms[newest, np.arange(len(layer_names))], np.nan)
-        else:  # the common case
-            mean = layer_ms.mean(axis=0)
-            p50, p99 = np.percentile(layer_ms, [50, 99], axis=0)
-            last = layer_ms[-1].copy()
-        cyc = _quiet_nan(np.nanmean, layer_cycles, axis=0)
-        share = np.nansum(layer_ms, axis=0) / wall_total if wall_total > 0 else np.zeros(len(layer_names))
+        a = layer_arrays(layer_ms, layer_cycles, np.asarray(wall_ms, dtype=np.float64))
         for j, name in enumerate(layer_names):
-            rows.append(LayerRow(name, parents[j], int(counts[j]), float(last[j]), float(mean[j]),
-                                 float(p50[j]), float(p99[j]), float(cyc[j]), float(share[j])))
+            rows.append(LayerRow(name, parents[j], int(a["count"][j]), float(a["last_ms"][j]),
+                                 float(a["mean_ms"][j]), float(a["p50_ms"][j]), float(a["p99_ms"][j]),
+                                 float(a["mean_cycles"][j]), float(a["share"][j])))
     top = np.array([p is None for p in parents], dtype=bool)
     covered = np.nansum(layer_ms[:, top], axis=1) if n_steps else np.zeros(0)
     coverage = float(covered.sum() / wall_total) if wall_total > 0 else float("nan")

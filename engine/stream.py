@@ -28,7 +28,8 @@ _RUN_OPTIONS = (  # (dest, flag): the run options a child process needs, in the 
     ("depth", "--depth"), ("steps", "--steps"), ("warmup", "--warmup"), ("sample_hz", "--sample-hz"),
     ("util_hz", "--util-hz"), ("record", "--record"),
 )
-_RUN_FLAGS = (("trust_remote_code", "--trust-remote-code"), ("no_text", "--no-text"))
+_RUN_FLAGS = (("trust_remote_code", "--trust-remote-code"), ("no_text", "--no-text"),
+              ("no_calibrate", "--no-calibrate"))
 
 
 def to_argv(args: argparse.Namespace) -> list[str]:

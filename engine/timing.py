@@ -20,6 +20,7 @@ class ResolvedStep:
     wall_ns: int            # the step's span on the timer's own timeline (GPU timeline under CUDA)
     layer_ns: list[float]   # summed span of each layer's calls in the step (0.0 where calls == 0)
     calls: list[int]        # how many times each layer ran in the step
+    start_ns: list[float] | None = None  # first call's start, from the step's start (traces nest by it)
 
 
 class CpuTimer:
@@ -33,6 +34,7 @@ class CpuTimer:
         self._start = [0] * n_layers
         self._acc = [0] * n_layers
         self._calls = [0] * n_layers
+        self._first = [0] * n_layers
         self._t0 = 0
 
     def begin_step(self) -> None:
@@ -46,11 +48,15 @@ class CpuTimer:
 
     def stop(self, i: int) -> None:
         self._acc[i] += time.perf_counter_ns() - self._start[i]
+        if not self._calls[i]:
+            self._first[i] = self._start[i]
         self._calls[i] += 1
 
     def end_step(self) -> ResolvedStep:
-        wall = time.perf_counter_ns() - self._t0
-        return ResolvedStep(wall, [float(x) for x in self._acc], self._calls[:])
+        t0 = self._t0
+        wall = time.perf_counter_ns() - t0
+        starts = [float(f - t0) if c else float("nan") for f, c in zip(self._first, self._calls)]
+        return ResolvedStep(wall, [float(x) for x in self._acc], self._calls[:], starts)
 
     def resolve(self, pending: ResolvedStep) -> ResolvedStep:
         return pending
@@ -141,13 +147,16 @@ class CudaTimer:
         frame.step_end.synchronize()
         acc = [0.0] * self.n_layers
         calls = [0] * self.n_layers
+        starts = [float("nan")] * self.n_layers
         for i, a, b in frame.spans:
             acc[i] += a.elapsed_time(b) * 1e6  # elapsed_time is in ms
+            if not calls[i]:
+                starts[i] = frame.step_start.elapsed_time(a) * 1e6
             calls[i] += 1
         wall_ns = int(frame.step_start.elapsed_time(frame.step_end) * 1e6)
         frame.reset()
         self._free.append(frame)
-        return ResolvedStep(wall_ns, acc, calls)
+        return ResolvedStep(wall_ns, acc, calls, starts)
 
     def discard(self, frame: _EventFrame) -> None:
         frame.reset()

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import platform
 import sys
 import time
@@ -410,7 +409,6 @@ def main(argv: list[str] | None = None) -> int:
 
     collector = Collector()
     dec = Decoder(model, dev, prompt_len=args.prompt_len)
-    monitors_layers: dict[str, int] = {}
 
     # 1. continuous monitored run at blocks depth (recorded), then its pairs
     mon = None
@@ -419,7 +417,6 @@ def main(argv: list[str] | None = None) -> int:
                       listeners=[collector], run_info={"tool": "scripts/gpu_check.py", "seconds": args.seconds})
         mon.start()
         meta["timer"] = mon.timer.kind + (" events" if mon.timer.kind == "cuda" else " perf_counter_ns")
-        monitors_layers["blocks"] = len(mon.layers)
         top = [layer.parent is None for layer in mon.layers]
         with torch.inference_mode():
             dec.prefill()

@@ -180,15 +180,21 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def cli_cmd(*args: str) -> list[str]:
+MOMENTS = Path(sys.executable).parent / "moments"  # the installed console script
+
+
+def cli_cmd(*args: str, moments: bool = False) -> list[str]:
+    """``python -m engine ARGS`` (the engine alone), or the installed ``moments ARGS`` when asked."""
+    if moments and MOMENTS.exists():
+        return [str(MOMENTS), *args]
     return [sys.executable, "-m", "engine", *args]
 
 
 def run_cli(*args: str, timeout: float = 180, env: dict[str, str] | None = None,
-            cwd: Path | str | None = None) -> subprocess.CompletedProcess:
-    """``python -m engine ARGS`` in a subprocess; the timeout only guards against hangs."""
-    return subprocess.run(cli_cmd(*args), capture_output=True, text=True, timeout=timeout,
-                          env=env or cli_env(), cwd=cwd or ROOT, preexec_fn=_default_sigint)
+            cwd: Path | str | None = None, moments: bool = False) -> subprocess.CompletedProcess:
+    """The CLI in a subprocess; the timeout only guards against hangs."""
+    return subprocess.run(cli_cmd(*args, moments=moments), capture_output=True, text=True, timeout=timeout,
+                          env=env or cli_env(), cwd=cwd or ROOT)
 
 
 def popen_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | str | None = None) -> subprocess.Popen:

@@ -1,15 +1,14 @@
-"""The headless command line end to end, in subprocesses: real presets, recordings checked field by
-field, one-line errors for every bad input, and nothing lost when a run is interrupted.
+"""The headless command line end to end: real presets run in subprocesses with their recordings
+checked field by field, one-line errors for every bad input, nothing lost when a run is interrupted.
 
-Starting Python with torch costs seconds here, so independent commands run two at a time from
-module fixtures and the tests read their results. Timeouts only guard against hangs.
+Starting Python with torch costs seconds here, so the subprocesses are few, independent ones run two
+at a time from module fixtures, and the bad inputs are checked by calling ``engine.cli.main`` in
+this process (a few again as real processes). Timeouts only guard against hangs.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, cli_env, popen_cli, run_cli
+from conftest import cli_env, popen_cli, run_cli
 from engine import cli
 from engine.inputs import SAMPLE_TEXTS
 from engine.recording import load
@@ -32,7 +31,8 @@ GPT2_BLOCKS = ["transformer.wte", "transformer.wpe", *(f"transformer.h.{i}" for 
 def run_many(jobs: dict[str, dict]) -> dict[str, subprocess.CompletedProcess]:
     """Run CLI commands two at a time (the machine has two cores); jobs: name → run_cli kwargs."""
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(run_cli, *job["args"], env=job.get("env")) for name, job in jobs.items()}
+        futures = {name: pool.submit(run_cli, *job["args"], env=job.get("env"), moments=job.get("moments", False))
+                   for name, job in jobs.items()}
         return {name: f.result() for name, f in futures.items()}
 
 
@@ -127,11 +127,11 @@ def reports(runs):
     d, results = runs
     assert results["gpt2"].returncode == 0
     path = str(d / "gpt2.jsonl")
-    return run_many({"text": {"args": ["report", path]}, "json": {"args": ["report", path, "--format", "json"]}})
+    return run_many({"text": {"args": ["report", path], "moments": True}})
 
 
 def test_report_prints_the_table(reports):
-    result = reports["text"]
+    result = reports["text"]  # through the installed `moments` command
     assert_ok(result)
     assert result.stderr == ""  # a clean recording: no warnings
     rows = [[cell.strip() for cell in line.split("│")] for line in result.stdout.splitlines() if "│" in line]
@@ -143,10 +143,13 @@ def test_report_prints_the_table(reports):
     assert "tiny-gpt2" in result.stdout and "[RANDOM WEIGHTS]" in result.stdout
 
 
-def test_report_json(reports):
-    result = reports["json"]
-    assert_ok(result)
-    doc = json.loads(result.stdout)
+def test_report_json(runs, capfd):
+    d, results = runs
+    assert results["gpt2"].returncode == 0
+    assert cli.main(["report", str(d / "gpt2.jsonl"), "--format", "json"]) == 0
+    out, err = capfd.readouterr()
+    assert err == ""
+    doc = json.loads(out)
     assert [l["name"] for l in doc["layers"]] == GPT2_BLOCKS
     assert all(l["count"] == 4 for l in doc["layers"])
     assert {s["kind"]: s["count"] for s in doc["steps"]} == {"prefill": 2, "decode": 2}
@@ -154,103 +157,92 @@ def test_report_json(reports):
     assert 0 < doc["coverage"] <= 1
 
 
-def test_moments_command_reports_too(runs):
-    moments = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin" / "moments"
-    if not moments.exists():
-        pytest.skip("the moments script is not installed in this environment")
-    d, results = runs
-    assert results["gpt2"].returncode == 0
-    result = subprocess.run([str(moments), "report", str(d / "gpt2.jsonl"), "--format", "json"],
-                            capture_output=True, text=True, timeout=120, env=cli_env())
-    assert_ok(result)
-    assert [l["name"] for l in json.loads(result.stdout)["layers"]] == GPT2_BLOCKS
-
-
-def test_report_warns_about_a_cut_off_recording(runs, tmp_path):
+def test_report_warns_about_a_cut_off_recording(runs, tmp_path, capfd):
     d, results = runs
     assert results["gpt2"].returncode == 0
     text = (d / "gpt2.jsonl").read_text(encoding="utf-8")
     cut = tmp_path / "cut.jsonl"
     cut.write_text(text[: text.rindex('{"type":"step"') + 40], encoding="utf-8")
-    result = run_cli("report", str(cut), "--format", "json")
-    assert_ok(result)
-    assert "moments: warning:" in result.stderr and "cut off" in result.stderr
-    assert json.loads(result.stdout)["steps_total"] == 3
+    assert cli.main(["report", str(cut), "--format", "json"]) == 0
+    out, err = capfd.readouterr()
+    assert f"moments: warning: {cut}: the last line" in err and "cut off" in err
+    assert json.loads(out)["steps_total"] == 3
 
 
 # -- bad inputs: one line on stderr, a non-zero exit, no traceback -------------------------------------
 
 
-def _error_jobs(d: Path) -> dict[str, dict]:
+def _bad_files(d: Path) -> Path:
     (d / "no-config").mkdir()
     (d / "empty.txt").write_text("", encoding="utf-8")
     (d / "no-text.jsonl").write_text('{"text": "fine"}\n{"prompt": "no text field"}\n', encoding="utf-8")
     (d / "notes.txt").write_text("just some notes\nnot a recording\n", encoding="utf-8")
     (d / "v2.jsonl").write_text(json.dumps({"type": "header", "schema": "moments/2", "layers": []}) + "\n",
                                 encoding="utf-8")
-    (d / "hf-home").mkdir()
-    hub_env = cli_env(HF_HOME=str(d / "hf-home"))
+    return d
+
+
+RUN = ["run", "--headless", "--warmup", "0", "--steps", "1"]
+# name: (arguments with {d} for the folder of bad files, part of the message, fails before any model loads)
+BAD = {
+    "unknown preset": (RUN + ["--model", "no-such-preset"], "unknown model 'no-such-preset'", False),
+    "missing model path": (RUN + ["--model", "{d}/missing/model"], "not an existing directory", False),
+    "directory without config": (RUN + ["--model", "{d}/no-config"], "no config.json", False),
+    "cuda without a gpu": (RUN + ["--device", "cuda"], "no CUDA GPU is visible", False),
+    "missing inputs": (RUN + ["--inputs", "{d}/missing.txt"], "inputs file {d}/missing.txt does not exist", True),
+    "empty inputs": (RUN + ["--inputs", "{d}/empty.txt"], "are empty", True),
+    "json line without text": (RUN + ["--inputs", "{d}/no-text.jsonl"], ':2: a JSON line needs a string "text"', True),
+    "record into a missing folder": (RUN + ["--record", "{d}/nope/run.jsonl"], "folder {d}/nope does not exist", True),
+    "record onto a directory": (RUN + ["--record", "{d}/no-config"], "{d}/no-config: it is a directory", True),
+    "sample rate too high": (RUN + ["--sample-hz", "50"], "--sample-hz must be", True),
+    "report on notes": (["report", "{d}/notes.txt"], "{d}/notes.txt is not a moments recording", True),
+    "report on a newer schema": (["report", "{d}/v2.jsonl"], "uses schema moments/2, this moments reads moments/1", True),
+    "report on a missing file": (["report", "{d}/missing.jsonl"], "no such recording: {d}/missing.jsonl", True),
+    "report on an empty file": (["report", "{d}/empty.txt"], "is empty", True),
+    "report on a directory": (["report", "{d}/no-config"], "is a directory, not a recording", True),
+}
+
+
+def _fill(items, d):
+    return [item.replace("{d}", str(d)) for item in items]
+
+
+def _assert_one_error_line(code, out, err, expect):
+    assert code == 2, err
+    assert err.count("\n") == 1, err  # exactly one line ...
+    assert err.startswith("moments: error: ")  # ... in the one format
+    assert expect in err
+    assert out == ""
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_line(case, tmp_path, monkeypatch, capfd):
+    args, expect, before_load = BAD[case]
+    if case == "cuda without a gpu" and torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible here")
+    d = _bad_files(tmp_path)
+    if before_load:
+        monkeypatch.setattr("engine.models.load_model", _must_not_load)
+    code = cli.main(_fill(args, d))
+    out, err = capfd.readouterr()
+    _assert_one_error_line(code, out, err, _fill([expect], d)[0])
+    assert sorted(p.name for p in d.iterdir()) == ["empty.txt", "no-config", "no-text.jsonl", "notes.txt", "v2.jsonl"]
+    assert list((d / "no-config").iterdir()) == []  # no recording was left anywhere
+
+
+def test_a_hub_id_not_in_the_cache_fails_at_once_offline(tmp_path):
+    hub_env = cli_env(HF_HOME=str(tmp_path / "hf-home"))
     for key in ("HF_HUB_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE"):
         hub_env.pop(key, None)  # the engine must go offline by itself
-    run = ["run", "--headless", "--warmup", "0", "--steps", "1"]
-    jobs = {
-        "unknown preset": (run + ["--model", "no-such-preset"], "unknown model 'no-such-preset'"),
-        "missing model path": (run + ["--model", str(d / "missing" / "model")], "not an existing directory"),
-        "directory without config": (run + ["--model", str(d / "no-config")], "no config.json"),
-        "hub id not cached": (run + ["--model", "some-org/some-model"], "not in the local Hugging Face cache"),
-        "missing inputs": (run + ["--inputs", str(d / "missing.txt")], "does not exist"),
-        "empty inputs": (run + ["--inputs", str(d / "empty.txt")], "are empty"),
-        "json line without text": (run + ["--inputs", str(d / "no-text.jsonl")], ':2: a JSON line needs a string "text"'),
-        "record into a missing folder": (run + ["--record", str(d / "nope" / "run.jsonl")], "does not exist"),
-        "record onto a directory": (run + ["--record", str(d / "no-config")], "is a directory"),
-        "sample rate too high": (run + ["--sample-hz", "50"], "--sample-hz must be"),
-        "report on notes": (["report", str(d / "notes.txt")], "is not a moments recording"),
-        "report on a newer schema": (["report", str(d / "v2.jsonl")], "moments/2"),
-        "report on a missing file": (["report", str(d / "missing.jsonl")], "no such recording"),
-        "report on an empty file": (["report", str(d / "empty.txt")], "is empty"),
-        "report on a directory": (["report", str(d / "no-config")], "is a directory"),
-    }
-    if not torch.cuda.is_available():
-        jobs["cuda without a gpu"] = (run + ["--device", "cuda"], "no CUDA GPU is visible")
-    return {name: {"args": args, "expect": expect, "env": hub_env if "hub" in name else None}
-            for name, (args, expect) in jobs.items()}
-
-
-@pytest.fixture(scope="module")
-def errors(tmp_path_factory):
-    d = tmp_path_factory.mktemp("errors")
-    jobs = _error_jobs(d)
-    return d, jobs, run_many(jobs)
-
-
-ERROR_CASES = ["unknown preset", "missing model path", "directory without config", "hub id not cached",
-               "missing inputs", "empty inputs", "json line without text", "record into a missing folder",
-               "record onto a directory", "sample rate too high", "report on notes", "report on a newer schema",
-               "report on a missing file", "report on an empty file", "report on a directory",
-               "cuda without a gpu"]
-
-
-@pytest.mark.parametrize("case", ERROR_CASES)
-def test_bad_input_is_one_line(errors, case):
-    d, jobs, results = errors
-    if case not in results:
-        pytest.skip("a CUDA GPU is visible here")
-    result = results[case]
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1, result.stderr  # exactly one line ...
-    line = result.stderr.rstrip("\n")
-    assert line.startswith("moments: error: ")  # ... in the one format
-    assert jobs[case]["expect"] in line
-    assert result.stdout == ""
-    assert "Traceback" not in result.stderr
-
-
-def test_no_recording_is_left_by_a_failed_start(errors):
-    d, _, _ = errors
-    assert not (d / "nope").exists()
-    assert sorted(p.name for p in d.iterdir()) == ["empty.txt", "hf-home", "no-config", "no-text.jsonl",
-                                                   "notes.txt", "v2.jsonl"]
-    assert list((d / "no-config").iterdir()) == []
+    (tmp_path / "hf-home").mkdir()
+    result = run_cli(*RUN, "--model", "some-org/some-model", "--record", str(tmp_path / "run.jsonl"),
+                     env=hub_env, timeout=120)  # a network wait would hang far longer than this
+    _assert_one_error_line(result.returncode, result.stdout, result.stderr,
+                           "model 'some-org/some-model' is not in the local Hugging Face cache")
+    assert "huggingface-cli download some-org/some-model" in result.stderr
+    assert not (tmp_path / "run.jsonl").exists()  # the model failed: no recording is left behind
+    assert list((tmp_path / "hf-home").rglob("*.json")) == []  # nothing was fetched
 
 
 # -- in-process checks of the parser and of the order of checks ----------------------------------------
@@ -358,11 +350,3 @@ def test_an_interrupted_run_keeps_its_recording(interrupted, sig):
     assert rec.steps[0]["kind"] == "prefill"
     assert "Moments per layer" in stdout  # the summary of what was measured is still printed
     assert "moments: interrupted" in stderr
-
-
-def test_python_m_engine_without_moments_script():
-    # the engine's CLI must not need the UI package
-    assert shutil.which("python") or True
-    import engine.cli as engine_cli
-
-    assert "tui" not in engine_cli.__dict__

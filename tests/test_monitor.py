@@ -132,19 +132,21 @@ def test_generate_is_one_prefill_then_decodes(model_name, request, tmp_path):
     with Monitor(model, clock_source=FakeClock(), record=path) as mon:
         generate(model, ids(2, 5, vocab=64), 3)
         generate(model, ids(2, 4, vocab=64), 2)
+        generate(model, ids(2, 1, vocab=64), 2)  # a one-token prompt is still a prefill
     rec = load(path)
-    assert [s["kind"] for s in rec.steps] == ["prefill", "decode", "decode", "prefill", "decode"]
-    assert [s["tokens"] for s in rec.steps] == [10, 2, 2, 8, 2]  # batch × prompt, then batch
-    assert [s["seq_len"] for s in rec.steps] == [5, 1, 1, 4, 1]
+    assert [s["kind"] for s in rec.steps] == ["prefill", "decode", "decode", "prefill", "decode",
+                                              "prefill", "decode"]
+    assert [s["tokens"] for s in rec.steps] == [10, 2, 2, 8, 2, 2, 2]  # batch × prompt, then batch
+    assert [s["seq_len"] for s in rec.steps] == [5, 1, 1, 4, 1, 1, 1]
     assert all(s["batch"] == 2 for s in rec.steps)
     assert all(s["hooks_fired"] and None not in s["layer_ms"] for s in rec.steps)
-    assert rec.footer["reason"] == "completed" and rec.footer["steps"] == 5
+    assert rec.footer["reason"] == "completed" and rec.footer["steps"] == 7
     assert rec.header["model"]["generative"] is True
     assert rec.header["model"]["architecture"] == type(model).__name__
     assert count_hooks(model) == 0
     summary = mon.summary()
     assert [r.name for r in summary.layers] == rec.layer_names
-    assert {r.kind: (r.count, r.tokens) for r in summary.steps} == {"prefill": (2, 18), "decode": (3, 6)}
+    assert {r.kind: (r.count, r.tokens) for r in summary.steps} == {"prefill": (3, 20), "decode": (4, 8)}
 
 
 def test_encoder_steps_are_encode(tiny_bert):
@@ -373,3 +375,22 @@ def test_a_failing_listener_is_removed_and_the_others_still_get_everything(plain
     messages = [r["message"] for r in got if r["type"] == "status"]
     assert any("listener failed" in m and "listener bug" in m for m in messages)
     assert got[-1]["type"] == "footer"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_session_times_layers_with_events(plain_net, tmp_path):
+    model = plain_net.cuda()
+    path = tmp_path / "gpu.jsonl"
+    with Monitor(model, record=path, clock_source=FakeClock(1000.0)):
+        for _ in range(3):
+            model(ids().cuda())
+    rec = load(path)
+    assert rec.header["timer"] == "cuda-events" and rec.header["device"]["kind"] == "cuda"
+    assert rec.header["device"]["name"]
+    assert len(rec.steps) == 3 and rec.footer["reason"] == "completed"
+    for s in rec.steps:
+        assert s["hooks_fired"] is True and None not in s["layer_ms"]
+        assert sum(s["layer_ms"]) <= s["wall_ms"] + 1e-3  # all layers are top level here
+        for ms, cycles in zip(s["layer_ms"], s["layer_cycles"]):
+            assert cycles == pytest.approx(ms * 1e6, abs=1)
+    assert count_hooks(model) == 0

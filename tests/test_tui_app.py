@@ -6,12 +6,15 @@ No pytest-asyncio: each test is a plain function that runs its async body with a
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from textual.widgets import Input
 
 from tui.app import MomentsApp
 from tui.screens.detail import LayerDetailScreen
+from tui.screens.help import HelpScreen
 from tui.screens.main import MainScreen
 from tui.screens.record import RecordDialog
 from tui import themes as theme_files
@@ -20,6 +23,7 @@ from tui.widgets.clock_panel import ClockPanel
 from tui.widgets.header import HeaderBar
 from tui.widgets.layer_table import LayerTable
 from tui.widgets.status_line import StatusLine
+from tui.widgets.step_panel import StepPanel
 
 from tui_fakes import (BLOCK_LAYERS, STEP_NS, SUB_LAYERS, FakeSource, append_records, capture_notifications,
                        footer_record, make_gpu_sample, make_header, make_session, make_step, plain, run, settle,
@@ -44,6 +48,10 @@ def clock_panel(app) -> ClockPanel:
 
 def table(app) -> LayerTable:
     return app.main.query_one(LayerTable)
+
+
+def steps_panel(app) -> StepPanel:
+    return app.main.query_one("#steps" if app.main.wide else "#steps-small", StepPanel)
 
 
 def make_app(source, **kwargs) -> MomentsApp:
@@ -172,9 +180,8 @@ def test_enter_opens_the_cursor_layers_detail_and_escape_returns():
             assert isinstance(app.screen, MainScreen)
 
             # a sub-layer names its parent and has no sub-layers of its own
-            await pilot.press("s", "s", "s", "s", "s")          # back to header order
-            assert app.state.sort_key == "order"
-            await pilot.press("end", "enter")                    # last row: blocks.0.mlp
+            assert table(app).cursor_layer == 1                  # the cursor stayed on blocks.0
+            await pilot.press("down", "down", "enter")           # by mean: blocks.2, then blocks.0.mlp
             await pilot.pause()
             assert isinstance(app.screen, LayerDetailScreen)
             assert plain(app.screen.query_one("#title")) == "layer 7: blocks.0.mlp  (in blocks.0)"
@@ -208,7 +215,7 @@ def test_r_records_to_the_typed_path_and_r_again_stops():
             field = app.screen.query_one(Input)
             assert field.value.startswith("moments-") and field.value.endswith(".jsonl")
             field.value = ""
-            target = "runs/a-1.jsonl"       # the fake source writes nothing: any path will do
+            target = "r/a.jsonl"            # the fake source writes nothing: any path will do
             await pilot.press(*target)
             assert field.value == target
             await pilot.press("enter")
@@ -227,22 +234,6 @@ def test_r_records_to_the_typed_path_and_r_again_stops():
             assert app.state.recording_path is None
             await settle(pilot, app)
             assert "rec" not in header_text(app)
-
-    run(body())
-
-
-def test_r_in_a_replay_only_notifies():
-    async def body():
-        src = FakeSource(make_session(4), mode="replay")
-        app = make_app(src)
-        notes = capture_notifications(app)
-        async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot, app)
-            await pilot.press("r")
-            await pilot.pause()
-            assert isinstance(app.screen, MainScreen)
-            assert src.recording_calls == []
-            assert ("recording is for live sessions; this is a replay", "warning") in notes
 
     run(body())
 
@@ -382,19 +373,13 @@ def test_x_saves_an_svg_screenshot(tmp_path):
             assert text.lstrip().startswith("<svg") and "tiny-gpt2" in text
             assert any("screenshot saved" in m for m, _ in notes)
 
-    run(body())
-
-
-def test_screenshot_into_a_missing_folder_is_a_message_not_a_crash(tmp_path):
-    async def body():
-        app = make_app(FakeSource(make_session(4)), screenshot_dir=tmp_path / "no" / "such")
-        notes = capture_notifications(app)
-        async with app.run_test(size=SIZE) as pilot:
-            await settle(pilot, app)
+            # a folder that does not exist: a message, not a crash
+            app.screenshot_dir = tmp_path / "no" / "such"
             await pilot.press("x")
             await pilot.pause()
             assert isinstance(app.screen, MainScreen)
             assert any(severity == "error" and "screenshot not saved" in m for m, severity in notes)
+            assert len(list(tmp_path.rglob("*.svg"))) == 1
 
     run(body())
 
@@ -503,10 +488,116 @@ def test_replay_of_a_cut_off_recording_plays_what_is_there(tmp_path):
             assert src.note() == "step 9/9 · finished"
             messages = [s.message for s in app.state.statuses]
             assert any("cut off" in m for m in messages)
+            # both warnings reach the state; the status line shows the newest
             line = status_text(app)
-            assert line.startswith("warning recording:")
-            assert "cut off" in line or "did not end cleanly" in line
+            assert line == "warning recording: no footer: the session did not end cleanly (killed, or still being written)"
+            assert "replay" in header_text(app) and "step 9/9 · finished" in header_text(app)
             assert app.state.error is None
+
+    run(body())
+
+
+def test_replay_seek_to_the_start_while_playing_starts_over(tmp_path):
+    path = write_recording(tmp_path / "run.jsonl", make_session(20))
+    clock = ManualClock()
+    src = ReplaySource(path, speed=1.0, clock=clock)
+
+    async def body():
+        app = make_app(src)
+        async with app.run_test(size=SIZE) as pilot:
+            clock.now += 0.5                                    # half a second: steps 0..10
+            await settle(pilot, app)
+            assert app.state.steps_total == 11 and not src.paused
+            await pilot.press("g")                              # back to the start, still playing
+            await settle(pilot, app)
+            assert app.state.steps_total == 0 and src.note() == "step 0/20 · 1×"
+            clock.now += 0.12                                   # and it plays on from there: 0, 50, 100 ms
+            await settle(pilot, app)
+            assert app.state.steps_total == 3 and src.note() == "step 3/20 · 1×"
+            await pilot.press("left_curly_bracket")             # { −100 steps: the start again
+            await settle(pilot, app)
+            assert app.state.steps_total == 0 and src.note() == "step 0/20 · 1×"
+            clock.now += 10.0                                   # to the end once more: footer again
+            await settle(pilot, app)
+            assert app.state.steps_total == 20 and src.note() == "step 20/20 · finished"
+            assert app.state.footer == footer_record(20)
+
+    run(body())
+
+
+def test_replay_of_a_recording_without_steps(tmp_path):
+    path = write_recording(tmp_path / "empty.jsonl", [make_header()])
+    src = ReplaySource(path, speed=1.0, clock=ManualClock())
+
+    async def body():
+        app = make_app(src)
+        notes = capture_notifications(app)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot, app)
+            await pilot.press("full_stop", "right_square_bracket", "left_square_bracket", "G", "g")
+            await settle(pilot, app)
+            assert app.state.steps_total == 0 and src.note() == "step 0/0 · paused"
+            assert "waiting for the first step" in table_lines(table(app))[1]
+            assert isinstance(app.screen, MainScreen)
+
+            await pilot.press("r")                              # a replay cannot record: a note, no dialog
+            await pilot.pause()
+            assert isinstance(app.screen, MainScreen)
+            assert ("recording is for live sessions; this is a replay", "warning") in notes
+
+    run(body())
+
+
+def test_replay_single_steps_reach_the_step_panel_every_time(tmp_path):
+    """The step panel redraws on every 3rd frame only; a step that lands on another frame must still
+    show up on the next tick, not wait for more data (a paused replay has none)."""
+    path = write_recording(tmp_path / "run.jsonl", make_session(12))
+    src = ReplaySource(path, speed=1.0, clock=ManualClock())
+
+    async def body():
+        app = make_app(src)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot, app)
+            await pilot.press("space")
+            for n in range(2, 7):
+                await pilot.press("full_stop")
+                await settle(pilot, app)                        # the next tick
+                assert app.state.steps_total == n
+                text = plain(steps_panel(app))
+                assert re.search(rf"decode +{n - 1}×", text), (n, text)
+
+    run(body())
+
+
+def test_a_resize_after_the_data_stopped_fills_the_wide_panels():
+    async def body():
+        src = FakeSource(make_session(8))
+        app = make_app(src)
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot, app)
+            await pilot.press("s")                              # one more frame: not a multiple of 3
+            await pilot.resize_terminal(160, 48)
+            await pilot.pause()
+            await settle(pilot, app, frames=2)
+            assert app.main.wide
+            assert "decode" in plain(steps_panel(app))
+            assert app.main.query_one("#heatmap").names == [name for name, _, _ in BLOCK_LAYERS]
+
+    run(body())
+
+
+def test_a_layout_change_that_comes_after_the_resized_frame_is_drawn():
+    """The screen switches to the wide layout on its own resize event, which can arrive after the app
+    has already drawn a frame at the new size; the wide panels must still be filled."""
+    async def body():
+        app = make_app(FakeSource(make_session(8)))
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(pilot, app, frames=2)
+            assert not app.main.wide and plain(app.main.query_one("#steps", StepPanel)) == ""
+            app.main._apply_size(160, 48)                       # the late layout switch, data unchanged
+            await settle(pilot, app, frames=2)
+            assert app.main.wide
+            assert "decode" in plain(app.main.query_one("#steps", StepPanel))
 
     run(body())
 
@@ -541,6 +632,47 @@ def test_watch_follows_a_growing_file_until_the_writer_finishes(tmp_path):
         assert src._stop.is_set()
 
     run(body())
+
+
+def test_watch_note_waits_for_the_file_then_notices_an_idle_writer(tmp_path):
+    import time
+
+    path = tmp_path / "later.jsonl"
+    src = WatchSource(path, poll_s=0.02, idle_after_s=0.3)
+    src.start()
+    try:
+        assert src.note() == f"waiting for {path} to appear"
+        write_recording(path, make_session(2, footer=False))
+        deadline = time.monotonic() + 5
+        got: list = []
+        while time.monotonic() < deadline and len([r for r in got if r["type"] == "step"]) < 2:
+            got += src.drain()
+            time.sleep(0.02)
+        assert [r["type"] for r in got][:2] == ["header", "step"]
+        assert src.note() == "following"
+        time.sleep(0.5)
+        assert src.note().startswith("no new data for ") and src.note().endswith("writer stopped?")
+    finally:
+        src.stop()
+    assert src._thread is not None and not src._thread.is_alive()
+
+
+def test_watch_of_something_that_is_not_a_recording_is_an_error_record(tmp_path):
+    import time
+
+    path = tmp_path / "notes.txt"
+    path.write_text("hello\n", encoding="utf-8")
+    src = WatchSource(path, poll_s=0.02)
+    src.start()
+    try:
+        deadline = time.monotonic() + 5
+        got: list = []
+        while time.monotonic() < deadline and not got:
+            got += src.drain()
+            time.sleep(0.02)
+        assert got and got[0]["type"] == "error" and "not a moments recording" in got[0]["message"]
+    finally:
+        src.stop()
 
 
 # -- honest states ----------------------------------------------------------------------------------
@@ -608,6 +740,9 @@ def test_engine_error_shows_in_status_and_header():
             assert line.startswith("engine error") and "CUDA out of memory" in line
             assert " error " in header_text(app)
             assert app.state.steps_total == 3                    # what came before is still shown
+            await pilot.press("ctrl+c")                          # ctrl+c quits too
+            await pilot.pause()
+            assert src.stopped >= 1
 
     run(body())
 
@@ -625,17 +760,23 @@ def test_error_before_the_header_does_not_crash():
     run(body())
 
 
-# -- quit ---------------------------------------------------------------------------------------------
+# -- quit -----------------------------------------------------------------------------------------------
 
 
-def test_q_stops_the_source_and_exits():
+def test_q_closes_the_help_screen_then_quits():
     async def body():
         src = FakeSource(make_session(3, footer=False))
         app = make_app(src)
         async with app.run_test(size=SIZE) as pilot:
             await settle(pilot, app)
-            assert src.started == 1 and src.stopped == 0
+            await pilot.press("question_mark")
+            await pilot.pause()
+            assert isinstance(app.screen, HelpScreen)
             await pilot.press("q")
+            await pilot.pause()
+            assert isinstance(app.screen, MainScreen)
+            assert src.started == 1 and src.stopped == 0
+            await pilot.press("q")                              # on the main screen q quits
             await pilot.pause()
             assert src.stopped >= 1
         assert app.return_code == 0

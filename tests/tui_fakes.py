@@ -203,7 +203,7 @@ async def settle(pilot, app, frames: int = 1) -> None:
         await pilot.pause()
 
 
-async def wait_for(pilot, predicate, timeout: float = 5.0, step: float = 0.05) -> bool:
+async def wait_for(pilot, predicate, timeout: float = 10.0, step: float = 0.05) -> bool:
     """Let the app run (timers, threads) until ``predicate()`` holds; False on timeout."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

@@ -32,7 +32,9 @@ class MomentsApp(App):
     TITLE = "llm-moments"
     ENABLE_COMMAND_PALETTE = False
     BINDINGS = [
-        Binding("q,ctrl+c", "quit", "quit", priority=True),
+        # q is not a priority binding, so that a screen's own q (help: close) comes first
+        Binding("q", "quit", "quit"),
+        Binding("ctrl+c", "quit", "quit", show=False, priority=True),
         Binding("question_mark", "help", "help"),
         Binding("space,p", "toggle_pause", "pause"),
         Binding("s", "sort", "sort"),
@@ -63,6 +65,7 @@ class MomentsApp(App):
         self._clock = clock
         self._themes, self._theme_name, self._theme_warning = theme_files.resolve(theme)
         self._shown: tuple[int, Any] | None = None
+        self._slow_behind = False
         self.frames = 0
         self.main: MainScreen | None = None
 
@@ -88,15 +91,22 @@ class MomentsApp(App):
         """One frame: drain the source, fold, draw only if something changed."""
         self.state.apply(self.source.drain())
         note = self.source.note()
-        key = (self.state.version, note, self.theme, self.size)
-        if key == self._shown or self.main is None or not self.main.ready:
+        if self.main is None or not self.main.ready:
             return
+        # the layout (wide or not) changes on the screen's own resize event, which may come a tick later
+        key = (self.state.version, note, self.theme, self.size, self.main.wide)
+        frame = self.frames
+        if key == self._shown:
+            if not self._slow_behind:
+                return
+            frame = 0  # the step panel and heatmap skipped the last change (every 3rd frame): draw them now
         self._shown = key
         frozen = self.state.paused and self.state.mode != "replay"
         try:
-            self.main.show(self.state, note, frozen, self.frames)
+            self.main.show(self.state, note, frozen, frame)
         except NoMatches:  # the screen is being torn down (quit) while a tick was due
             return
+        self._slow_behind = not frozen and bool(frame % self.main.SLOW_EVERY)
         if isinstance(self.screen, LayerDetailScreen) and not frozen:
             self.screen.show(self.state)
         self.frames += 1

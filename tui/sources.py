@@ -221,10 +221,13 @@ class ReplaySource:
         end = self.step_positions[target - 1] + 1 if target > 0 else 0
         if end < self.pos:
             self.pos = 0
+            self._footer_sent = False    # played to the end again, the footer goes out again
             self._pending.append({"type": "reset"})
         self._pending += self._emit_until(end)
         if self.pos:
             self.play_t_ns = self.timeline[self.pos - 1]["t_ns"]
+        elif self.timeline:              # back at the start: playback goes on from there, not from before
+            self.play_t_ns = self.timeline[0]["t_ns"] - 1
 
     def seek(self, delta_steps: int) -> None:
         self.seek_to_step(self.steps_played + delta_steps)

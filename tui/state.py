@@ -14,10 +14,11 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from engine.stats import KINDS, RollingStats, summarize
+from engine.stats import KINDS, RollingStats, layer_arrays
 
 SORT_KEYS = ("order", "last", "mean", "p50", "p99", "cycles", "share")
-STATS_WINDOW_STEPS = 512      # percentiles in the live table: recent behaviour, cheap to compute
+STATS_WINDOW_STEPS = 256      # percentiles in the live table: recent behaviour, cheap to compute
+OUTLIER_HISTORY = 128         # each layer's own recent history that an outlier is judged against
 HISTORY_STEPS = 2048          # what the rolling store keeps (detail screen, heatmap)
 RATE_WINDOW_NS = 5_000_000_000
 
@@ -175,23 +176,20 @@ class ViewState:
     def layer_view(self, spark_steps: int = 16) -> LayerView | None:
         if not self.stats or not self.stats.n_steps:
             return None
-        a = self.stats.arrays(last=STATS_WINDOW_STEPS)
-        s = summarize(self.stats.layer_names, self.stats.parents, a["layer_ms"], a["layer_cycles"],
-                      a["wall_ms"], a["kind"], a["tokens"])
-        rows = s.layers
-        col = lambda attr: np.array([getattr(r, attr) for r in rows], dtype=np.float64)  # noqa: E731
-        mean = col("mean_ms")
+        a = self.stats.arrays(last=STATS_WINDOW_STEPS, fields=("layer_ms", "layer_cycles", "wall_ms"))
+        la = layer_arrays(a["layer_ms"], a["layer_cycles"], a["wall_ms"])
+        mean = la["mean_ms"]
         top = self.stats.top_level
-        slowest = np.zeros(len(rows), dtype=bool)
+        slowest = np.zeros(len(mean), dtype=bool)
         top_idx = np.flatnonzero(top & ~np.isnan(mean))
         if top_idx.size >= 4:
             k = max(1, min(3, top_idx.size // 4))
             slowest[top_idx[np.argsort(mean[top_idx])[-k:]]] = True
         view = LayerView(
-            names=self.stats.layer_names, parents=self.stats.parents, last_ms=col("last_ms"), mean_ms=mean,
-            p50_ms=col("p50_ms"), p99_ms=col("p99_ms"), cycles=col("mean_cycles"), share=col("share"),
-            recent_ms=a["layer_ms"][-spark_steps:].T, outlier=self.stats.outliers(), slowest=slowest,
-            order=np.arange(len(rows)))
+            names=self.stats.layer_names, parents=self.stats.parents, last_ms=la["last_ms"], mean_ms=mean,
+            p50_ms=la["p50_ms"], p99_ms=la["p99_ms"], cycles=la["mean_cycles"], share=la["share"],
+            recent_ms=a["layer_ms"][-spark_steps:].T, outlier=self.stats.outliers(history_steps=OUTLIER_HISTORY),
+            slowest=slowest, order=np.arange(len(mean)))
         view.order = self.sort_order(view)
         return view
 

@@ -33,7 +33,7 @@ HELP = """\
   [b]▲[/b]  among the slowest top-level layers
   —  no timing: the layer's hooks did not fire
 
-[b]Columns[/b]  last / mean / p50 / p99 moment in ms (over the last 512 steps); cycles = moment × clock
+[b]Columns[/b]  last / mean / p50 / p99 moment in ms (over the last 256 steps); cycles = moment × clock
   (GPU SM clock from NVML, or the CPU clock — labelled nominal when that is all there is);
   share = the layer's part of the step time.
 
