@@ -168,8 +168,9 @@ class ReplaySource:
         self.pos = 0                 # next record of the timeline to emit
         self.paused = False
         self._pending: list[dict[str, Any]] = [self.rec.header]
-        for warning in self.rec.warnings:
-            self._pending.append({"type": "status", "level": "warning", "message": f"recording: {warning}"})
+        if self.rec.warnings:  # one line that says all of it: the status line shows the newest only
+            self._pending.append({"type": "status", "level": "warning",
+                                  "message": "recording: " + "; ".join(self.rec.warnings)})
         first = self.step_positions[0] if self.step_positions else 0
         self.play_t_ns = timeline[first]["t_ns"] if timeline else 0
         self._last = None

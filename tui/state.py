@@ -199,7 +199,8 @@ class ViewState:
             return np.arange(n)
         values = {"last": view.last_ms, "mean": view.mean_ms, "p50": view.p50_ms, "p99": view.p99_ms,
                   "cycles": view.cycles, "share": view.share}[self.sort_key]
-        keyed = np.nan_to_num(values, nan=-np.inf)
+        # layers that never ran ("—") go last in either direction
+        keyed = np.nan_to_num(values, nan=-np.inf if self.sort_reverse else np.inf)
         order = np.argsort(keyed, kind="stable")
         return order[::-1] if self.sort_reverse else order
 

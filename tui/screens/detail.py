@@ -61,7 +61,7 @@ class LayerDetailScreen(Screen):
         if not state.stats or not state.stats.n_steps:
             return
         d = state.layer_detail(self.index)
-        width = max(10, self.size.width - 6)
+        width = max(10, self.query_one("#history", Static).content_size.width)
         self.query_one("#title", Static).update(
             f"layer {self.index}: {d['name']}" + ("" if d["parent"] is None else
                                                   f"  (in {state.layer_names[d['parent']]})"))

@@ -25,7 +25,7 @@ class ClockPanel(Static):
         self.border_title = "clock"
 
     def show(self, state: ViewState) -> None:
-        self.update(self.content(state, max(8, self.size.width - 4)))
+        self.update(self.content(state, max(8, self.content_size.width)))
 
     def content(self, state: ViewState, width: int) -> Content:
         h = state.header

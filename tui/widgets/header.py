@@ -41,7 +41,7 @@ class HeaderBar(Static):
         m, d = h.get("model", {}), h.get("device", {})
         t.append(str(m.get("name")), style="bold")
         if m.get("random_weights"):
-            t.append(" [RANDOM WEIGHTS]", style="bold $warning" if False else "bold reverse")
+            t.append(" [RANDOM WEIGHTS]", style="bold reverse")
         dev = d.get("name") or ("CPU" if d.get("kind") == "cpu" else d.get("kind"))
         t.append(f"  {dev}  {m.get('dtype')}  depth {h.get('depth')}  ")
         word = self.state_word(state)

@@ -199,7 +199,15 @@ class LayerTable(ScrollView, can_focus=True):
             s = v.share[i]
             return (f"{s * 100:5.1f}%" if not math.isnan(s) else "—").rjust(w - 1) + " ", None
         if col.title == "recent":
-            return spark(v.recent_ms[i], w - 1) + " ", styles["bar"]
+            recent = v.recent_ms[i]
+            finite = recent[np.isfinite(recent)]
+            if not finite.size:
+                return " " * w, None
+            # Scaled to the row's own range, but never narrower than 25 % of its minimum, so a
+            # few per cent of jitter stays small and a real jump stands out.
+            lo = float(finite.min())
+            hi = max(float(finite.max()), lo * 1.25)
+            return spark(recent, w - 1, lo=lo, hi=hi) + " ", styles["bar"]
         # the share bar: top-level layers against the step, sub-layers dimmed
         return bar(v.share[i], w - 1) + " ", styles["muted"] if v.parents[i] is not None else styles["bar"]
 

@@ -21,7 +21,7 @@ class StepPanel(Static):
         self.border_title = "steps"
 
     def show(self, state: ViewState) -> None:
-        self.update(self.content(state, max(10, self.size.width - 4), max(3, self.size.height - 2)))
+        self.update(self.content(state, max(10, self.content_size.width), max(3, self.content_size.height)))
 
     def content(self, state: ViewState, width: int, height: int) -> Content:
         wall, kinds = state.step_history(last=width)
