@@ -111,7 +111,29 @@ def build_parser(prog: str = "moments", headless_only: bool = True) -> tuple[arg
     rep = sub.add_parser("report", help="print the summary of a recording",
                          description="Print per-layer and per-step statistics of a recording.")
     rep.add_argument("file", metavar="FILE", help="a recording (.jsonl) written by --record or the Python API")
-    rep.add_argument("--format", default="text", choices=["text", "json"], help="output format (default text)")
+    rep.add_argument("--format", default="text", choices=["text", "json", "md", "html"],
+                     help="text (default), json, md (markdown), or html (a report with pictures)")
+    rep.add_argument("-o", "--output", default=None, metavar="OUT", help="write to OUT instead of stdout")
+    dif = sub.add_parser("diff", help="compare two recordings layer by layer",
+                         description="Per layer p50 / p99 moment, cycles and share of A and B side by side, "
+                                     "with the change and whether it is beyond the noise of the two runs "
+                                     "(95 % bootstrap interval of the ratio of medians). Layers match by name.")
+    dif.add_argument("a", metavar="A", help="the recording before the change")
+    dif.add_argument("b", metavar="B", help="the recording after the change")
+    dif.add_argument("--kind", default=None, choices=["prefill", "decode", "encode"],
+                     help="step kind to compare (default: decode, else encode, else prefill)")
+    dif.add_argument("--format", default="text", choices=["text", "json", "md"], help="output format")
+    dif.add_argument("--normalize-clock", action="store_true",
+                     help="compare moments scaled to one reference clock (time × clock / max clock), so runs at "
+                          "different boost or throttle compare fairly")
+    exp = sub.add_parser("export", help="convert a recording: Chrome/Perfetto trace, CSV, JSON",
+                         description="chrome: trace-event JSON (open in Perfetto or chrome://tracing) with steps "
+                                     "and layers as nested spans and the clock as a counter; csv: one row per "
+                                     "step x layer; json: the whole recording as one JSON document.")
+    exp.add_argument("file", metavar="FILE", help="a recording (.jsonl)")
+    exp.add_argument("--format", required=True, choices=["chrome", "csv", "json"])
+    exp.add_argument("-o", "--output", default=None, metavar="OUT",
+                     help="output file (default: FILE with .trace.json / .csv / .json)")
     return parser, sub
 
 
@@ -135,17 +157,63 @@ def guarded(fn: Callable[[], int]) -> int:
         return error(f"{type(exc).__name__}: {exc} (set MOMENTS_DEBUG=1 for the traceback)", 1)
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def _load(path: str):
     from . import recording
+
+    rec = recording.load(path)
+    for warning in rec.warnings:
+        print(f"moments: warning: {path}: {warning}", file=sys.stderr)
+    return rec
+
+
+def _write_out(text: str, output: str | None) -> None:
+    if output is None:
+        sys.stdout.write(text)
+        return
+    from .recording import check_writable
+
+    path = check_writable(output)
+    path.write_text(text, encoding="utf-8")
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
     from .report import render_json, render_text
     from .stats import summarize_recording
 
-    rec = recording.load(args.file)
-    for warning in rec.warnings:
-        print(f"moments: warning: {args.file}: {warning}", file=sys.stderr)
-    summary = summarize_recording(rec.header, rec.steps)
-    out = render_json(summary, rec.header) if args.format == "json" else render_text(summary, rec.header)
-    sys.stdout.write(out)
+    rec = _load(args.file)
+    if args.format in ("md", "html"):
+        from .report_doc import render_html, render_markdown
+
+        out = (render_html if args.format == "html" else render_markdown)(rec)
+    else:
+        summary = summarize_recording(rec.header, rec.steps)
+        out = render_json(summary, rec.header) if args.format == "json" else render_text(summary, rec.header)
+    _write_out(out, getattr(args, "output", None))
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from .diff import compare
+    from .report import render_diff
+
+    diff = compare(_load(args.a), _load(args.b), kind=args.kind, normalize_clock=args.normalize_clock)
+    sys.stdout.write(render_diff(diff, args.a, args.b, args.format))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .export import export
+
+    rec = _load(args.file)
+    suffix = {"chrome": ".trace.json", "csv": ".csv", "json": ".json"}[args.format]
+    output = args.output or str(Path(args.file).with_suffix("")) + suffix
+    if output == "-":
+        sys.stdout.write(export(rec, args.format))
+        return 0
+    _write_out(export(rec, args.format), output)
     return 0
 
 
@@ -260,8 +328,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv = ["run", *argv]
     args = parser.parse_args(argv)
-    if args.command == "report":
-        return guarded(lambda: cmd_report(args))
+    commands = {"report": cmd_report, "diff": cmd_diff, "export": cmd_export}
+    if args.command in commands:
+        return guarded(lambda: commands[args.command](args))
     if args.command == "stream":
         from .stream import serve
 

@@ -53,11 +53,24 @@ class Diff:
         return asdict(self)
 
 
-def _matrix(rec: Recording, kind: str, key: str = "layer_ms") -> tuple[np.ndarray, np.ndarray]:
+def reference_clock_mhz(rec: Recording) -> float | None:
+    """The GPU's max SM clock, else the CPU's nominal clock, else None."""
+    clock = rec.header.get("clock") or {}
+    return clock.get("sm_clock_max_mhz") or clock.get("nominal_mhz")
+
+
+def _matrix(rec: Recording, kind: str, key: str = "layer_ms",
+            ref_mhz: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """[steps, layers] of ``key`` and the steps' wall times; with ``ref_mhz``, times are scaled to
+    that clock (time × clock / reference) so runs at different boost or throttle compare fairly."""
     steps = [s for s in rec.steps if s.get("kind") == kind and len(s.get(key) or []) == len(rec.header["layers"])]
     m = np.array([[np.nan if v is None else v for v in s[key]] for s in steps], dtype=float)
     wall = np.array([s["wall_ms"] for s in steps], dtype=float)
-    return m.reshape(len(steps), len(rec.header["layers"])), wall
+    m = m.reshape(len(steps), len(rec.header["layers"]))
+    if ref_mhz:
+        scale = np.array([(s.get("clock_mhz") or ref_mhz) / ref_mhz for s in steps], dtype=float)
+        m, wall = m * scale[:, None], wall * scale
+    return m, wall
 
 
 def ratio_interval(a: np.ndarray, b: np.ndarray, rng: np.random.Generator,
@@ -88,13 +101,20 @@ def _kind(a: Recording, b: Recording, kind: str | None) -> str:
     raise MomentsError(f"the recordings share no step kind (A has {sorted(kinds_a)}, B has {sorted(kinds_b)})")
 
 
-def compare(a: Recording, b: Recording, kind: str | None = None, seed: int = 0) -> Diff:
+def compare(a: Recording, b: Recording, kind: str | None = None, seed: int = 0,
+            normalize_clock: bool = False) -> Diff:
+    """``normalize_clock``: compare moments scaled to A's reference clock (see reference_clock_mhz)."""
     kind = _kind(a, b, kind)
     rng = np.random.default_rng(seed)
     names_a = [l["name"] for l in a.header["layers"]]
     names_b = [l["name"] for l in b.header["layers"]]
-    ma, wa = _matrix(a, kind)
-    mb, wb = _matrix(b, kind)
+    ref = None
+    if normalize_clock:
+        ref = reference_clock_mhz(a) or reference_clock_mhz(b)
+        if not ref:
+            raise MomentsError("--normalize-clock: neither recording knows a reference clock")
+    ma, wa = _matrix(a, kind, ref_mhz=ref)
+    mb, wb = _matrix(b, kind, ref_mhz=ref)
     ca, _ = _matrix(a, kind, "layer_cycles")
     cb, _ = _matrix(b, kind, "layer_cycles")
     r, lo, hi = ratio_interval(wa, wb, rng)

@@ -16,42 +16,82 @@ from .work import header_coeffs, step_work
 
 def chrome_trace(rec: Recording) -> dict[str, Any]:
     """Trace-event JSON: each step a span, its layers spans inside it (sub-layers inside their
-    parent), the clock a counter track. Times in µs from the session start."""
+    parent), the clock a counter track. Times in µs from the session start.
+
+    Spans on one track must nest strictly (a viewer mis-draws partial overlaps), so each span is
+    kept inside its parent's and after its previous sibling's end: timer reads and 10 ns rounding
+    are not exactly nested, and records without ``layer_start_ms`` (older ones) are laid out one
+    layer after another from the step's start. The recorded times stay in the spans' args.
+    """
     layers = rec.header["layers"]
     events: list[dict[str, Any]] = [
-        {"name": "process_name", "ph": "M", "pid": 1, "args": {"name": f"moments: {rec.header['model'].get('name')}"}},
-        {"name": "thread_name", "ph": "M", "pid": 1, "tid": 1, "args": {"name": "steps and layers"}},
+        {"name": "process_name", "ph": "M", "pid": 1, "tid": 1, "ts": 0,
+         "args": {"name": f"moments: {rec.header.get('model', {}).get('name')}"}},
+        {"name": "thread_name", "ph": "M", "pid": 1, "tid": 1, "ts": 0, "args": {"name": "steps and layers"}},
     ]
-    for step in rec.steps:
+    steps = sorted(rec.steps, key=lambda s: s["t_ns"])
+    for k, step in enumerate(steps):
         t0_us = step["t_ns"] / 1e3
-        wall_us = step["wall_ms"] * 1e3
+        end_us = t0_us + max(0.0, step["wall_ms"] or 0.0) * 1e3
+        if k + 1 < len(steps):  # a GPU step's event time can outlast the host's next step start
+            end_us = max(t0_us, min(end_us, steps[k + 1]["t_ns"] / 1e3))
         events.append({"name": f"{step['kind']} #{step['index']}", "cat": "step", "ph": "X", "pid": 1, "tid": 1,
-                       "ts": t0_us, "dur": wall_us,
-                       "args": {"tokens": step.get("tokens"), "clock_mhz": step.get("clock_mhz"),
-                                "cycles": step.get("cycles"), "throttle": step.get("throttle_reasons")}})
-        starts = step.get("layer_start_ms") or [None] * len(layers)
-        spans: dict[int, tuple[float, float]] = {}
-        for j, (ms, st) in enumerate(zip(step["layer_ms"], starts)):
-            if ms is None:
-                continue
-            start_us = t0_us + (st if st is not None else 0.0) * 1e3
-            dur_us = ms * 1e3
-            parent = layers[j].get("parent")
-            lo, hi = (t0_us, t0_us + wall_us) if parent is None else spans.get(parent, (t0_us, t0_us + wall_us))
-            # Keep children inside their parent: timer reads are not exactly nested at µs level.
-            start_us = min(max(start_us, lo), hi)
-            dur_us = max(0.0, min(dur_us, hi - start_us))
-            spans[j] = (start_us, start_us + dur_us)
-            cycles = step["layer_cycles"][j] if step.get("layer_cycles") else None
-            events.append({"name": layers[j]["name"], "cat": "layer" if parent is None else "sublayer", "ph": "X",
-                           "pid": 1, "tid": 1, "ts": start_us, "dur": dur_us, "args": {"cycles": cycles}})
+                       "ts": t0_us, "dur": end_us - t0_us,
+                       "args": {"wall_ms": step.get("wall_ms"), "tokens": step.get("tokens"),
+                                "clock_mhz": step.get("clock_mhz"), "cycles": step.get("cycles"),
+                                "throttle": step.get("throttle_reasons")}})
+        spans = _layout(layers, step, t0_us, end_us)
+        cycles = step.get("layer_cycles") or [None] * len(layers)
+        for j in sorted(spans, key=lambda j: (spans[j][0], -spans[j][1])):
+            lo, hi = spans[j]
+            events.append({"name": layers[j]["name"], "cat": "layer" if layers[j].get("parent") is None else "sublayer",
+                           "ph": "X", "pid": 1, "tid": 1, "ts": lo, "dur": hi - lo,
+                           "args": {"ms": step["layer_ms"][j], "cycles": cycles[j]}})
     for sample in rec.samples:
         clock = sample.get("clock_mhz")
         if clock is not None:
-            events.append({"name": "clock MHz", "ph": "C", "pid": 1, "ts": sample["t_ns"] / 1e3,
+            events.append({"name": "clock MHz", "ph": "C", "pid": 1, "tid": 1, "ts": sample["t_ns"] / 1e3,
                            "args": {"MHz": clock}})
     return {"traceEvents": events, "displayTimeUnit": "ms",
             "otherData": {"schema": rec.header.get("schema"), "clock_source": rec.header.get("clock", {}).get("source")}}
+
+
+def _layout(layers: list[dict[str, Any]], step: dict[str, Any], t0_us: float,
+            end_us: float) -> dict[int, tuple[float, float]]:
+    """(start, end) µs of each layer that ran in ``step``, strictly nested (see chrome_trace)."""
+    ms = step["layer_ms"]
+    starts = step.get("layer_start_ms") or [None] * len(layers)
+    n = len(layers)
+
+    def timed_parent(j: int) -> int | None:
+        # the nearest ancestor that ran (a layer whose parent did not run hangs from the grandparent)
+        p = layers[j].get("parent")
+        seen = 0
+        while p is not None and 0 <= p < n and ms[p] is None and seen < n:
+            p, seen = layers[p].get("parent"), seen + 1
+        return p if p is not None and 0 <= p < n and p != j else None
+
+    children: dict[int | None, list[int]] = {}
+    for j in range(n):
+        if ms[j] is not None:
+            children.setdefault(timed_parent(j), []).append(j)
+    spans: dict[int, tuple[float, float]] = {}
+    todo: list[tuple[int | None, float, float]] = [(None, t0_us, end_us)]
+    while todo:
+        parent, lo, hi = todo.pop()
+        kids = children.get(parent, [])
+        if all(starts[j] is not None for j in kids):
+            kids = sorted(kids, key=lambda j: starts[j])  # as they ran (registration order may differ)
+        cursor = lo
+        for j in kids:
+            start = cursor if starts[j] is None else max(t0_us + starts[j] * 1e3, cursor)
+            start = min(start, hi)
+            stop = min(start + max(0.0, ms[j]) * 1e3, hi)
+            spans[j] = (start, stop)
+            cursor = stop
+            if j in children:
+                todo.append((j, start, stop))
+    return spans
 
 
 CSV_COLUMNS = ["step", "kind", "t_ns", "step_wall_ms", "tokens", "clock_mhz", "throttle_reasons", "layer",

@@ -104,3 +104,48 @@ def _finite(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_finite(v) for v in x]
     return x
+
+
+def _pct(x: float) -> str:
+    return "—" if x is None or not math.isfinite(x) else f"{x:+.1f}%"
+
+
+def render_diff(diff: Any, name_a: str, name_b: str, fmt: str = "text") -> str:
+    """The layer-by-layer comparison as a table (text / md) or JSON."""
+    if fmt == "json":
+        return json.dumps(_finite({"a": name_a, "b": name_b, **diff.to_dict()}), indent=2) + "\n"
+    head = ["layer", "A p50 ms", "B p50 ms", "change", "95% interval", "A p99", "B p99", "A cycles", "B cycles",
+            "A share", "B share", ""]
+    rows = []
+    for l in diff.layers:
+        verdict = ("faster" if l.change_pct < 0 else "slower") if l.significant else "noise"
+        rows.append([l.name, fmt_ms(l.a_p50_ms), fmt_ms(l.b_p50_ms), _pct(l.change_pct),
+                     f"{_pct(l.ci_low_pct)} … {_pct(l.ci_high_pct)}", fmt_ms(l.a_p99_ms), fmt_ms(l.b_p99_ms),
+                     fmt_cycles(l.a_cycles), fmt_cycles(l.b_cycles), f"{l.a_share * 100:.1f}%",
+                     f"{l.b_share * 100:.1f}%", verdict])
+    step_verdict = ("faster" if diff.step_change_pct < 0 else "slower") if diff.step_significant else "within noise"
+    summary = (f"{diff.kind} steps: A {diff.a_steps} (p50 {fmt_ms(diff.a_step_p50_ms)} ms), "
+               f"B {diff.b_steps} (p50 {fmt_ms(diff.b_step_p50_ms)} ms): {_pct(diff.step_change_pct)} {step_verdict}")
+    missing = []
+    if diff.only_in_a:
+        missing.append(f"only in A ({name_a}): {', '.join(diff.only_in_a)}")
+    if diff.only_in_b:
+        missing.append(f"only in B ({name_b}): {', '.join(diff.only_in_b)}")
+    if fmt == "md":
+        lines = [f"**A** `{name_a}` vs **B** `{name_b}` — {summary}", "", "| " + " | ".join(head) + " |",
+                 "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines + [""] + missing) + "\n"
+    table = Table(title=f"A {name_a}  vs  B {name_b}", title_justify="left", show_edge=False, pad_edge=False)
+    for col in head:
+        table.add_column(col, justify="left" if col in ("layer", "") else "right", no_wrap=True)
+    for r in rows:
+        style = {"faster": "green", "slower": "red"}.get(r[-1])
+        table.add_row(*r, style=style)
+    buf = io.StringIO()
+    console = Console(file=buf, width=160, color_system=None, highlight=False)
+    console.print(table)
+    console.print(summary)
+    for m in missing:
+        console.print(m)
+    return buf.getvalue()

@@ -48,7 +48,9 @@ def datasheet(device_name: str | None) -> dict[str, float] | None:
 
 
 def _cache_path(key: str) -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llm-moments"
+    # XDG: an empty or relative XDG_CACHE_HOME is ignored.
+    xdg = os.environ.get("XDG_CACHE_HOME") or ""
+    base = (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "llm-moments"
     return base / f"roof-{key}.json"
 
 
@@ -102,12 +104,14 @@ def machine_roof(device: torch.device, dtype: torch.dtype, calibrate_now: bool =
     sheet = datasheet(name)
     measured = None
     path = _cache_path(device_key(device, dtype))
-    if not refresh and path.is_file():
+    if not refresh and os.path.isfile(path):  # os.path: False on any OSError (an unreadable folder too)
         try:
-            measured = json.loads(path.read_text())
-            measured["source"] = "calibrated (cached)"
-        except (OSError, json.JSONDecodeError):
-            measured = None
+            cached = json.loads(path.read_text())
+        except (OSError, ValueError):  # ValueError: bad JSON or bad UTF-8
+            cached = None
+        if _valid_roof(cached):
+            measured = {"peak_flops": float(cached["peak_flops"]),
+                        "peak_bytes_per_s": float(cached["peak_bytes_per_s"]), "source": "calibrated (cached)"}
     if measured is None and calibrate_now:
         measured = calibrate(device, dtype)
         try:
@@ -120,6 +124,16 @@ def machine_roof(device: torch.device, dtype: torch.dtype, calibrate_now: bool =
             "peak_bytes_per_s": use["peak_bytes_per_s"] if use else None,
             "source": use["source"] if use else "unknown",
             "measured": measured, "datasheet": sheet}
+
+
+def _valid_roof(d: Any) -> bool:
+    """A cached measurement we can use: both peaks, finite and positive (else: calibrate again)."""
+    if not isinstance(d, dict):
+        return False
+    try:
+        return all(np.isfinite(float(d[k])) and float(d[k]) > 0 for k in ("peak_flops", "peak_bytes_per_s"))
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def place(flops: np.ndarray, moved: np.ndarray, ms: np.ndarray, peak_flops: float | None,

@@ -70,6 +70,11 @@ def module_work(module: nn.Module, config: Any = None, act_bytes: int = 4,
                 head: nn.Module | None = None) -> LayerWork:
     """Coefficients of one timed layer: the sum over everything inside it."""
     work = LayerWork()
+    # Attention is counted once, at the innermost module whose class is an attention (BERT's
+    # BertAttention holds a BertSelfAttention: counting both would double b and d).
+    attn_mods = [m for m in module.modules() if _attention_shape(m, config) is not None]
+    inner = {id(m) for m in attn_mods
+             if not any(c is not m and _attention_shape(c, config) is not None for c in m.modules())}
     for mod in module.modules():
         shape = _linear_shape(mod)
         if shape is not None:
@@ -86,7 +91,7 @@ def module_work(module: nn.Module, config: Any = None, act_bytes: int = 4,
             work.a += _NORM_FLOPS_PER_ELEMENT * dim
             work.w += _param_bytes(mod)
             work.c += 2 * dim * act_bytes
-        attn = _attention_shape(mod, config)
+        attn = _attention_shape(mod, config) if id(mod) in inner else None
         if attn is not None:
             hidden, kv_width = attn
             work.b += 4.0 * hidden
@@ -111,7 +116,8 @@ def layer_work(model: nn.Module, layers: Sequence[Any], generative: bool) -> lis
 def step_work(coeffs: np.ndarray, step: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """(FLOPs, bytes) per layer for one step record; ``coeffs`` is [layers, 6] from the header."""
     batch = int(step.get("batch") or 1)
-    seq = int(step.get("seq_len") or 1)
+    # Records without seq_len still have tokens = batch × seq_len.
+    seq = int(step.get("seq_len") or max(1, int(step.get("tokens") or batch) // batch))
     past = int(step.get("past_len") or 0)
     tokens = np.full(len(coeffs), float(batch * seq))
     if step.get("kind") == "prefill":

@@ -20,7 +20,10 @@ from engine.errors import MomentsError
 from . import themes as theme_files
 from .screens.detail import LayerDetailScreen
 from .screens.help import HelpScreen
+from .screens.diff import DiffScreen
 from .screens.main import MainScreen
+from .screens.outliers import OutliersScreen
+from .screens.roofline import RooflineScreen
 from .screens.record import RecordDialog
 from .sources import Source
 from .state import ViewState
@@ -42,6 +45,9 @@ class MomentsApp(App):
         Binding("r", "record", "record"),
         Binding("t", "next_theme", "theme"),
         Binding("x", "screenshot", "screenshot"),
+        Binding("f", "roofline", "roofline"),
+        Binding("o", "outliers", "outliers"),
+        Binding("d", "diff", "diff", show=False),
         Binding("m", "toggle_heatmap", "heatmap", show=False),
         Binding("h", "heatmap_scale", "heat scale", show=False),
         Binding("full_stop", "replay_step", "step", show=False),
@@ -56,8 +62,10 @@ class MomentsApp(App):
     ]
 
     def __init__(self, source: Source, theme: str | None = None, refresh_hz: float = 10.0,
-                 screenshot_dir: str | Path = ".", clock: Callable[[], float] = time.time):
+                 screenshot_dir: str | Path = ".", clock: Callable[[], float] = time.time,
+                 compare: tuple[Any, str, str] | None = None):
         super().__init__()
+        self.compare = compare  # (engine.diff.Diff, name of A, name of B) for replay --compare
         self.source = source
         self.state = ViewState(mode=source.mode)
         self.refresh_hz = refresh_hz
@@ -107,7 +115,7 @@ class MomentsApp(App):
         except NoMatches:  # the screen is being torn down (quit) while a tick was due
             return
         self._slow_behind = not frozen and bool(frame % self.main.SLOW_EVERY)
-        if isinstance(self.screen, LayerDetailScreen) and not frozen:
+        if isinstance(self.screen, (LayerDetailScreen, RooflineScreen, OutliersScreen)) and not frozen:
             self.screen.show(self.state)
         self.frames += 1
 
@@ -126,6 +134,20 @@ class MomentsApp(App):
             self.pop_screen()
         else:
             self.push_screen(HelpScreen())
+
+    def action_roofline(self) -> None:
+        if not isinstance(self.screen, RooflineScreen):
+            self.push_screen(RooflineScreen())
+
+    def action_outliers(self) -> None:
+        if not isinstance(self.screen, OutliersScreen):
+            self.push_screen(OutliersScreen())
+
+    def action_diff(self) -> None:
+        if self.compare is None:
+            self.notify("no comparison: start with `moments replay A.jsonl --compare B.jsonl`", severity="warning")
+        elif not isinstance(self.screen, DiffScreen):
+            self.push_screen(DiffScreen(*self.compare))
 
     def action_toggle_pause(self) -> None:
         if self.state.mode == "replay":

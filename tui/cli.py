@@ -8,7 +8,7 @@ import signal
 import sys
 from typing import Any, Sequence
 
-from engine.cli import build_parser, cmd_report, cmd_run_headless, error, guarded, rate_hz
+from engine.cli import build_parser, cmd_diff, cmd_export, cmd_report, cmd_run_headless, error, guarded, rate_hz
 from engine.errors import MomentsError
 
 THEME_HELP = "dark (default), light, high-contrast, or a theme file (.toml); NO_COLOR is respected"
@@ -22,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
                          description="Play a recording in the monitor: space pauses, . steps, [ ] seek, + - speed.")
     rep.add_argument("file", metavar="FILE", help="a recording (.jsonl)")
     rep.add_argument("--speed", type=rate_hz, default=1.0, help="playback speed, × the recorded pace (default 1)")
+    rep.add_argument("--compare", default=None, metavar="B",
+                     help="a second recording: `d` shows the layer-by-layer diff of FILE (A) against B")
     rep.add_argument("--theme", default=None, help=THEME_HELP)
     wat = sub.add_parser("watch", help="follow a recording another process is writing",
                          description="Follow a recording that another process (a headless run, a script using "
@@ -31,10 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_app(source: Any, theme: str | None) -> int:
+def _run_app(source: Any, theme: str | None, compare: Any = None) -> int:
     from .app import MomentsApp
 
-    app = MomentsApp(source, theme=theme)
+    app = MomentsApp(source, theme=theme, compare=compare)
 
     # An SSH hang-up or a kill ends the session like q does: footer written, recording closed.
     def ask_quit(signum: int, frame: Any) -> None:
@@ -81,7 +83,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     source = ReplaySource(args.file, speed=args.speed)  # a bad file fails here, before the screen
     for warning in source.rec.warnings:
         print(f"moments: warning: {args.file}: {warning}", file=sys.stderr)
-    return _run_app(source, args.theme)
+    compare = None
+    if args.compare:
+        from engine import recording
+        from engine.diff import compare as diff
+
+        compare = (diff(source.rec, recording.load(args.compare)), args.file, args.compare)
+    return _run_app(source, args.theme, compare)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -112,9 +120,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv = ["run", *argv]  # `moments [options]` is `moments run [options]`
     args = parser.parse_args(argv)
-    commands = {"report": cmd_report, "replay": cmd_replay, "watch": cmd_watch}
+    commands = {"report": cmd_report, "replay": cmd_replay, "watch": cmd_watch, "diff": cmd_diff,
+                "export": cmd_export}
     if args.command in commands:
         return guarded(lambda: commands[args.command](args))
+    if args.command == "stream":
+        from engine.stream import serve
+
+        return guarded(lambda: serve(args))
     if args.headless:
         return guarded(lambda: cmd_run_headless(args))
     return guarded(lambda: cmd_live(args))

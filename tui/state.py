@@ -16,7 +16,9 @@ import numpy as np
 
 from engine.stats import KINDS, RollingStats, layer_arrays
 
-SORT_KEYS = ("order", "last", "mean", "p50", "p99", "cycles", "share")
+from .analysis import OutlierLog, WorkTracker
+
+SORT_KEYS = ("order", "last", "mean", "p50", "p99", "cycles", "share", "flops", "roof")
 STATS_WINDOW_STEPS = 256      # percentiles in the live table: recent behaviour, cheap to compute
 OUTLIER_HISTORY = 128         # each layer's own recent history that an outlier is judged against
 HISTORY_STEPS = 2048          # what the rolling store keeps (detail screen, heatmap)
@@ -45,6 +47,9 @@ class LayerView:
     outlier: np.ndarray         # bool: newest moment far above the layer's own history
     slowest: np.ndarray         # bool: among the slowest top-level layers by mean
     order: np.ndarray           # row order after sorting
+    flops_per_s: np.ndarray | None = None   # achieved, Σ FLOPs / Σ time over the window
+    roof_pct: np.ndarray | None = None      # of the attainable roof at the layer's intensity
+    memory_bound: np.ndarray | None = None
 
 
 @dataclass
@@ -56,6 +61,8 @@ class ViewState:
     step_meta: collections.deque = field(default_factory=lambda: collections.deque(maxlen=HISTORY_STEPS))
     statuses: list[Status] = field(default_factory=list)
     footer: dict[str, Any] | None = None
+    work: WorkTracker | None = None
+    outlier_log: OutlierLog | None = None
     paused: bool = False
     recording_path: str | None = None
     sort_key: str = "order"
@@ -115,11 +122,14 @@ class ViewState:
     def _new_stats(self, header: dict[str, Any]) -> None:
         layers = header["layers"]
         self.stats = RollingStats([l["name"] for l in layers], [l.get("parent") for l in layers], HISTORY_STEPS)
+        self.work = WorkTracker(header, STATS_WINDOW_STEPS)
+        self.outlier_log = OutlierLog(self.stats.layer_names)
 
     def _on_step(self, step: dict[str, Any]) -> None:
         if self.stats is None or len(step.get("layer_ms") or []) != self.stats.n_layers:
             return
         self.stats.add(step)
+        self.work.add(step)
         self.step_meta.append((step.get("index"), step.get("kind"), step.get("clock_mhz"),
                                tuple(step.get("throttle_reasons") or ())))
         self.steps_total += 1
@@ -190,6 +200,13 @@ class ViewState:
             p50_ms=la["p50_ms"], p99_ms=la["p99_ms"], cycles=la["mean_cycles"], share=la["share"],
             recent_ms=a["layer_ms"][-spark_steps:].T, outlier=self.stats.outliers(history_steps=OUTLIER_HISTORY),
             slowest=slowest, order=np.arange(len(mean)))
+        placed = self.work.per_layer() if self.work is not None else None
+        if placed is not None:
+            view.flops_per_s, view.roof_pct = placed["flops_per_s"], placed["roof_pct"]
+            view.memory_bound = placed["memory_bound"]
+        if self.outlier_log is not None:
+            meta = list(self.step_meta)[-len(a["layer_ms"]):]
+            self.outlier_log.update(a["layer_ms"], meta, self.stats.steps_seen)
         view.order = self.sort_order(view)
         return view
 
@@ -197,8 +214,11 @@ class ViewState:
         n = len(view.names)
         if self.sort_key == "order":
             return np.arange(n)
+        nan = np.full(n, np.nan)
         values = {"last": view.last_ms, "mean": view.mean_ms, "p50": view.p50_ms, "p99": view.p99_ms,
-                  "cycles": view.cycles, "share": view.share}[self.sort_key]
+                  "cycles": view.cycles, "share": view.share,
+                  "flops": view.flops_per_s if view.flops_per_s is not None else nan,
+                  "roof": view.roof_pct if view.roof_pct is not None else nan}[self.sort_key]
         # layers that never ran ("—") go last in either direction
         keyed = np.nan_to_num(values, nan=-np.inf if self.sort_reverse else np.inf)
         order = np.argsort(keyed, kind="stable")
@@ -243,6 +263,20 @@ class ViewState:
         values = [s.get(key) for s in list(self.samples)[-last:]]
         return [float(v) for v in values if v is not None]
 
+    def reference_clock_mhz(self) -> float | None:
+        """The clock moments are normalized to: the GPU's max SM clock, else the CPU's nominal one."""
+        clock = (self.header or {}).get("clock", {})
+        return clock.get("sm_clock_max_mhz") or clock.get("nominal_mhz")
+
+    def _normalized(self, ms: np.ndarray, cycles: np.ndarray, tokens: np.ndarray, clock: np.ndarray) -> dict[str, float]:
+        """Cycles per token (the CPI of a layer) and the moment at the reference clock."""
+        ref = self.reference_clock_mhz()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            per_token = cycles / np.where(tokens > 0, tokens, np.nan)
+            at_ref = ms * clock / ref if ref else np.full_like(ms, np.nan)
+        mean = lambda x: float(np.nanmean(x)) if np.isfinite(x).any() else math.nan  # noqa: E731
+        return {"cycles_per_token": mean(per_token), "ref_clock_mhz": ref, "mean_ms_at_ref": mean(at_ref)}
+
     def layer_detail(self, index: int, last: int = HISTORY_STEPS) -> dict[str, Any]:
         """Everything the detail screen shows for one layer."""
         assert self.stats is not None
@@ -278,6 +312,7 @@ class ViewState:
             "p99_ms": float(np.percentile(vals, 99)) if vals.size else math.nan,
             "mean_cycles": float(np.nanmean(cyc)) if (~np.isnan(cyc)).any() else math.nan,
             "last_cycles": float(cyc[fired][-1]) if fired.any() and not math.isnan(cyc[fired][-1]) else math.nan,
+            **self._normalized(ms, cyc, a["tokens"], a["clock_mhz"]),
             "children": child_rows,
             "slowest": slowest,
         }

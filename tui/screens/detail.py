@@ -77,7 +77,10 @@ class LayerDetailScreen(Screen):
             ("moments ", "bold"), f"{d['count']}\n",
             ("mean ", "bold"), f"{fmt_ms(d['mean_ms'])} ms   ", ("p50 ", "bold"), f"{fmt_ms(d['p50_ms'])} ms   ",
             ("p99 ", "bold"), f"{fmt_ms(d['p99_ms'])} ms\n",
-            ("cycles ", "bold"), f"mean {fmt_cycles(d['mean_cycles'])}  last {fmt_cycles(d['last_cycles'])}\n",
+            ("cycles ", "bold"), f"mean {fmt_cycles(d['mean_cycles'])}  last {fmt_cycles(d['last_cycles'])}  "
+            f"per token {fmt_cycles(d['cycles_per_token'])}\n",
+            ("at the reference clock ", "bold"),
+            f"{fmt_ms(d['mean_ms_at_ref'])} ms mean at {fmt_mhz(d['ref_clock_mhz'])}\n",
             ("clock ", "bold"), f"{state.header.get('clock', {}).get('source')}"))
         if d["children"]:
             lines = []

@@ -14,12 +14,16 @@ HELP = """\
 [b]Main screen[/b]
   ↑ ↓ j k  PgUp PgDn   move in the layer table
   enter / double click open the layer's detail screen (history, histogram, sub-layers, slowest moments)
-  s                    sort by the next column (order, last, mean, p50, p99, cycles, share)
+  s                    sort by the next column (order, last, mean, p50, p99, cycles, share, GFLOP/s, roof%)
   S                    reverse the sort;   click a column title: sort by it
   space / p            pause: the table and step views freeze, clocks keep moving (replay: pause playback)
   r                    start / stop recording this session to a file (live sessions)
   m                    narrow terminals: heatmap in place of the table
   h                    heatmap colour scale: all layers (log) / each layer's own range
+  f                    roofline: each layer's achieved FLOP/s against its arithmetic intensity, under
+                       the machine's roof (a: sub-layers too)
+  o                    outlier moments: step, layer, time against its median, clock, throttle reasons
+  d                    the diff of two recordings (moments replay A --compare B)
   t                    next theme (dark, light, high contrast)
   x                    save an SVG screenshot in the current folder
   ?                    this help;   q / ctrl+c   quit (the recording is closed properly)
@@ -35,7 +39,8 @@ HELP = """\
 
 [b]Columns[/b]  last / mean / p50 / p99 moment in ms (over the last 256 steps); cycles = moment × clock
   (GPU SM clock from NVML, or the CPU clock — labelled nominal when that is all there is);
-  share = the layer's part of the step time.
+  share = the layer's part of the step time; GFLOP/s achieved and roof% = of the attainable roof at the
+  layer's arithmetic intensity, m / c = memory- / compute-bound (work counted from the modules' shapes).
 
 esc or ? to close
 """

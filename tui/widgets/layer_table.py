@@ -38,6 +38,8 @@ COLUMNS = [
     Column("p99", "p99 ms", 9, 2),
     Column("cycles", "cycles", 10, 1),
     Column("share", "share", 7, 0),
+    Column("flops", "GFLOP/s", 9, 2),
+    Column("roof", "roof%", 7, 2),
     Column("", "", 9, 3),            # share bar
     Column("", "recent", 13, 3),     # sparkline
 ]
@@ -183,7 +185,7 @@ class LayerTable(ScrollView, can_focus=True):
     def _cell(self, col: Column, i: int, styles: dict[str, Style]) -> tuple[str, Style | None]:
         v = self.view
         w = col.width
-        if self.no_timing and col.key in ("last", "mean", "p50", "p99", "cycles", "share"):
+        if self.no_timing and col.key in ("last", "mean", "p50", "p99", "cycles", "share", "flops", "roof"):
             return "—".rjust(w - 1) + " ", styles["muted"]
         if col.key == "last":
             return fmt_ms(v.last_ms[i]).rjust(w - 1) + " ", styles["outlier"] if v.outlier[i] else None
@@ -195,6 +197,13 @@ class LayerTable(ScrollView, can_focus=True):
             return fmt_ms(v.p99_ms[i]).rjust(w - 1) + " ", None
         if col.key == "cycles":
             return fmt_cycles(v.cycles[i]).rjust(w - 1) + " ", None
+        if col.key == "flops":
+            f = v.flops_per_s[i] if v.flops_per_s is not None else np.nan
+            return (f"{f / 1e9:.1f}" if np.isfinite(f) else "—").rjust(w - 1) + " ", None
+        if col.key == "roof":
+            r = v.roof_pct[i] if v.roof_pct is not None else np.nan
+            bound = "m" if v.memory_bound is not None and v.memory_bound[i] else "c"
+            return (f"{r:.0f}%{bound}" if np.isfinite(r) else "—").rjust(w - 1) + " ", None
         if col.key == "share":
             s = v.share[i]
             return (f"{s * 100:5.1f}%" if not math.isnan(s) else "—").rjust(w - 1) + " ", None
