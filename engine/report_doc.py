@@ -717,13 +717,13 @@ footer {{ color: {C_MUTED}; font-size: 0.85em; margin-top: 2em; }}
 
 def _html_table(head: Sequence[str], rows: Iterable[tuple[str, Sequence[str]]]) -> str:
     """``rows``: (tr class, cells already escaped); numbers right-aligned, text columns left."""
-    num = [h not in TEXT_COLUMNS for h in head]
+    num = ['' if h in TEXT_COLUMNS else ' class="n"' for h in head]
     out = ['<div class="scroll"><table><thead><tr>']
-    out += [f'<th{" class=n" if num[i] else ""}>{_esc(h)}</th>' for i, h in enumerate(head)]
+    out += [f"<th{num[i]}>{_esc(h)}</th>" for i, h in enumerate(head)]
     out.append("</tr></thead><tbody>")
     for cls, cells in rows:
-        out.append(f'<tr{f" class={cls}" if cls else ""}>'
-                   + "".join(f'<td{" class=n" if num[i] else ""}>{c}</td>' for i, c in enumerate(cells)) + "</tr>")
+        tr = f'<tr class="{cls}">' if cls else "<tr>"
+        out.append(tr + "".join(f"<td{num[i]}>{c}</td>" for i, c in enumerate(cells)) + "</tr>")
     out.append("</tbody></table></div>")
     return "".join(out)
 
@@ -788,9 +788,10 @@ def render_html(rec: Recording) -> str:
         p.append(f'<p class="note">No roofline: {_esc(d.work_note or "nothing to place")}.</p>')
     else:
         svg, left_off = svg_roofline(d)
+        subs = " dark: top-level layers, light: sub-layers." if len(d.top) < len(d.names) else ""
         p.append(_figure(svg, "Each layer's Σ FLOPs / Σ time against its arithmetic intensity; the red line is the "
-                              "roof (memory bandwidth × intensity, then the compute peak). Dark: top-level layers; "
-                              "light: sub-layers."))
+                              "roof (memory bandwidth × intensity, then the compute peak); hover a point for its "
+                              "numbers;" + subs))
         if left_off:
             p.append(f'<p class="note">Not on the chart (no FLOPs counted, or never ran): '
                      f'{", ".join(f"<code>{_esc(n)}</code>" for n in left_off)}.</p>')

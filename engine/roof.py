@@ -13,10 +13,12 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # imported where a device is measured: place() and datasheet() need numpy only
+    import torch
 
 # Dense bf16/fp16 tensor-core FLOP/s and HBM/GDDR bandwidth (B/s) from the vendors' datasheets.
 DATASHEET = {
@@ -55,6 +57,8 @@ def _cache_path(key: str) -> Path:
 
 
 def device_key(device: torch.device, dtype: torch.dtype) -> str:
+    import torch
+
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
@@ -64,12 +68,16 @@ def device_key(device: torch.device, dtype: torch.dtype) -> str:
 
 
 def _sync(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def calibrate(device: torch.device, dtype: torch.dtype, budget_s: float = 1.5) -> dict[str, float]:
     """Measure matmul FLOP/s and copy bandwidth on ``device`` within about ``budget_s`` seconds."""
+    import torch
+
     gpu = device.type == "cuda"
     n = 8192 if gpu else 1024
     a = torch.randn(n, n, device=device, dtype=dtype)
@@ -100,6 +108,8 @@ def calibrate(device: torch.device, dtype: torch.dtype, budget_s: float = 1.5) -
 def machine_roof(device: torch.device, dtype: torch.dtype, calibrate_now: bool = True,
                  refresh: bool = False) -> dict[str, Any]:
     """The roof for the header: measured (cached per device) and the datasheet's, when known."""
+    import torch
+
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     sheet = datasheet(name)
     measured = None

@@ -17,11 +17,12 @@ The head of a generative model sees only the last position of a prefill (transfo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import torch
-from torch import nn
+
+if TYPE_CHECKING:  # torch is imported where modules are read: reading a recording's work needs numpy only
+    from torch import nn
 
 _NORM_FLOPS_PER_ELEMENT = 5  # mean, variance, normalize, scale, shift: an estimate, as is usual
 
@@ -40,6 +41,8 @@ class LayerWork:
 
 
 def _linear_shape(mod: nn.Module) -> tuple[int, int] | None:
+    from torch import nn
+
     if isinstance(mod, nn.Linear):
         return mod.in_features, mod.out_features
     # transformers' Conv1D (GPT-2) is a Linear with the weight transposed: weight [in, out]
@@ -69,6 +72,8 @@ def _attention_shape(mod: nn.Module, config: Any) -> tuple[int, int] | None:
 def module_work(module: nn.Module, config: Any = None, act_bytes: int = 4,
                 head: nn.Module | None = None) -> LayerWork:
     """Coefficients of one timed layer: the sum over everything inside it."""
+    from torch import nn
+
     work = LayerWork()
     # Attention is counted once, at the innermost module whose class is an attention (BERT's
     # BertAttention holds a BertSelfAttention: counting both would double b and d).
@@ -137,6 +142,7 @@ def header_coeffs(header: dict[str, Any]) -> np.ndarray | None:
 
 def flop_counter_total(module: nn.Module, *args: Any, **kwargs: Any) -> int:
     """FLOPs torch's FlopCounterMode counts for one call (a cross-check of the formulas, in tests)."""
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter, torch.no_grad():

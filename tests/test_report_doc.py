@@ -180,6 +180,7 @@ def test_html_is_one_well_formed_page_with_four_pictures(gpt2):
     page = render_html(gpt2)
     p = parse(page)
     assert page.startswith("<!DOCTYPE html>") and "<style>" in page
+    assert '<th class="n">mean ms</th>' in page and '<td class="n">' in page  # numbers right-aligned
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # nothing fetched: works offline
     assert "RANDOM WEIGHTS" in page
     assert len(p.svgs) == 4
