@@ -167,12 +167,14 @@ def _load(path: str):
 
 
 def _write_out(text: str, output: str | None) -> None:
+    from pathlib import Path
+
     if output is None:
         sys.stdout.write(text)
         return
     from .recording import check_writable
 
-    path = check_writable(output)
+    path = check_writable(output, what="write to", example="out" + (Path(output).suffix or ".txt"))
     path.write_text(text, encoding="utf-8")
     print(f"wrote {path}", file=sys.stderr)
 

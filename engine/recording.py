@@ -24,16 +24,16 @@ class RecordingError(MomentsError):
     """A file that cannot be read as a recording (not JSON Lines, no header, newer schema)."""
 
 
-def check_writable(path: str | os.PathLike) -> Path:
+def check_writable(path: str | os.PathLike, what: str = "record to", example: str = "run.jsonl") -> Path:
     """Fail early (before a model loads) if ``path`` cannot be created; return it resolved."""
     p = Path(path).expanduser()
     if p.is_dir():
-        raise MomentsError(f"cannot record to {p}: it is a directory; give a file name such as {p / 'run.jsonl'}")
+        raise MomentsError(f"cannot {what} {p}: it is a directory; give a file name such as {p / example}")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
-        raise MomentsError(f"cannot record to {p}: folder {parent} does not exist")
+        raise MomentsError(f"cannot {what} {p}: folder {parent} does not exist")
     if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise MomentsError(f"cannot record to {p}: permission denied")
+        raise MomentsError(f"cannot {what} {p}: permission denied")
     return p
 
 

@@ -110,6 +110,10 @@ def _pct(x: float) -> str:
     return "—" if x is None or not math.isfinite(x) else f"{x:+.1f}%"
 
 
+def _share(x: float) -> str:
+    return "—" if x is None or not math.isfinite(x) else f"{x * 100:.1f}%"
+
+
 def render_diff(diff: Any, name_a: str, name_b: str, fmt: str = "text") -> str:
     """The layer-by-layer comparison as a table (text / md) or JSON."""
     if fmt == "json":
@@ -121,8 +125,7 @@ def render_diff(diff: Any, name_a: str, name_b: str, fmt: str = "text") -> str:
         verdict = ("faster" if l.change_pct < 0 else "slower") if l.significant else "noise"
         rows.append([l.name, fmt_ms(l.a_p50_ms), fmt_ms(l.b_p50_ms), _pct(l.change_pct),
                      f"{_pct(l.ci_low_pct)} … {_pct(l.ci_high_pct)}", fmt_ms(l.a_p99_ms), fmt_ms(l.b_p99_ms),
-                     fmt_cycles(l.a_cycles), fmt_cycles(l.b_cycles), f"{l.a_share * 100:.1f}%",
-                     f"{l.b_share * 100:.1f}%", verdict])
+                     fmt_cycles(l.a_cycles), fmt_cycles(l.b_cycles), _share(l.a_share), _share(l.b_share), verdict])
     step_verdict = ("faster" if diff.step_change_pct < 0 else "slower") if diff.step_significant else "within noise"
     summary = (f"{diff.kind} steps: A {diff.a_steps} (p50 {fmt_ms(diff.a_step_p50_ms)} ms), "
                f"B {diff.b_steps} (p50 {fmt_ms(diff.b_step_p50_ms)} ms): {_pct(diff.step_change_pct)} {step_verdict}")
