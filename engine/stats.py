@@ -94,22 +94,26 @@ class RollingStats:
         """Mask of layers whose newest moment is far above their own recent median (robust z by MAD)."""
         if self.n_steps < min_history + 1:
             return np.zeros(self.n_layers, dtype=bool)
-        idx = self._order(history_steps + 1)
-        history, newest = self._layer_ms[idx[:-1]], self._layer_ms[idx[-1]]
+        idx = self._order()
+        newest_row = idx[-1]
+        same_kind = idx[:-1][self._kind[idx[:-1]] == self._kind[newest_row]][-history_steps:]
+        if len(same_kind) < min_history:  # a prefill is judged against prefills only
+            return np.zeros(self.n_layers, dtype=bool)
+        history, newest = self._layer_ms[same_kind], self._layer_ms[newest_row]
         return robust_outliers(history, newest, k_mad=k_mad, min_excess_ms=min_excess_ms)
 
 
 def robust_outliers(history: np.ndarray, newest: np.ndarray, k_mad: float = 5.0,
                     min_excess_ms: float = 0.005) -> np.ndarray:
     """True where ``newest`` exceeds the column median by more than k × 1.4826 × MAD (and a floor)."""
-    med = _column_median(history)
-    mad = _column_median(np.abs(history - med)) * 1.4826
+    med = column_median(history)
+    mad = column_median(np.abs(history - med)) * 1.4826
     with np.errstate(invalid="ignore"):
         excess = newest - med
         return np.nan_to_num(excess > np.maximum(k_mad * mad, min_excess_ms), nan=False).astype(bool)
 
 
-def _column_median(x: np.ndarray) -> np.ndarray:
+def column_median(x: np.ndarray) -> np.ndarray:
     """Median of each column ignoring NaN; nanmedian (~30× slower) only for columns that need it."""
     holes = np.isnan(x).any(axis=0)
     out = np.empty(x.shape[1])

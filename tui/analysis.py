@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from engine.roof import place
-from engine.stats import robust_outliers
+from engine.stats import column_median, robust_outliers
 from engine.work import header_coeffs, step_work
 
 
@@ -75,6 +75,9 @@ class OutlierLog:
     """Outlier moments as they arrive: each frame checks the steps that came since the last one
     against each layer's recent median and MAD (one median per frame, not one per step)."""
 
+    CHUNK = 64      # new steps judged against one median
+    HISTORY = 128   # steps of history behind each chunk
+
     def __init__(self, names: list[str], keep: int = 200, k_mad: float = 5.0, min_history: int = 16):
         self.names = names
         self.entries: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep)
@@ -87,16 +90,32 @@ class OutlierLog:
         """``history``: [S, L] newest last (S ≥ the new steps); ``meta`` aligned (index, kind, clock, reasons)."""
         new = min(steps_seen - self.checked, len(history))
         self.checked = steps_seen
-        if new <= 0 or len(history) - new < self.min_history:
+        if new <= 0:
             return
-        past, fresh = history[:-new], history[-new:]
-        for r, row in enumerate(fresh):
-            mask = robust_outliers(past, row, k_mad=self.k_mad)
-            if not mask.any():
-                continue
-            index, kind, clock, reasons = meta[len(meta) - new + r] if len(meta) >= new else (None, None, None, ())
-            for j in np.flatnonzero(mask):
+        offset = len(meta) - len(history)  # meta row of history row 0
+        kinds = np.array([meta[offset + i][1] if 0 <= offset + i < len(meta) else None for i in range(len(history))],
+                         dtype=object)
+        # A prefill is judged against prefills, a decode step against decode steps. New steps go in
+        # chunks, each against the steps of its kind just before it: one median and MAD per layer
+        # per chunk (broadcast over its rows), so a catch-up of thousands of steps stays cheap.
+        for kind in set(kinds[len(history) - new:]):
+            rows = np.flatnonzero(kinds == kind)
+            fresh_rows = rows[rows >= len(history) - new]
+            fresh_rows = fresh_rows[np.searchsorted(rows, fresh_rows) >= self.min_history]
+            for c in range(0, len(fresh_rows), self.CHUNK):
+                chunk = fresh_rows[c:c + self.CHUNK]
+                before = rows[rows < chunk[0]][-self.HISTORY:]
+                self._judge(history, before, chunk, meta, offset)
+
+    def _judge(self, history: np.ndarray, before: np.ndarray, chunk: np.ndarray, meta: list, offset: int) -> None:
+        past, fresh = history[before], history[chunk]
+        mask = robust_outliers(past, fresh, k_mad=self.k_mad)
+        if mask.any():
+            median = column_median(past)
+            for r, j in zip(*np.nonzero(mask)):
+                at = offset + int(chunk[r])
+                index, kind, clock, reasons = meta[at] if 0 <= at < len(meta) else (None, None, None, ())
                 self.total += 1
-                self.entries.append({"step": index, "kind": kind, "layer": self.names[j], "ms": float(row[j]),
-                                     "median_ms": float(np.nanmedian(past[:, j])), "clock_mhz": clock,
+                self.entries.append({"step": index, "kind": kind, "layer": self.names[j], "ms": float(fresh[r, j]),
+                                     "median_ms": float(median[j]), "clock_mhz": clock,
                                      "throttle_reasons": list(reasons)})
