@@ -154,3 +154,13 @@ def test_prefills_among_decode_steps_are_not_outliers():
     state.apply([make_step(60, kind="decode", spike={4: 40.0})])
     view = state.layer_view()
     assert state.outlier_log.total == 1 and view.outlier[4]
+
+
+def test_no_color_turns_the_screen_monochrome(monkeypatch):
+    from textual.filter import Monochrome
+
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = app_for(make_session(4, footer=False))
+    assert app.no_color and any(isinstance(f, Monochrome) for f in app._filters)
+    monkeypatch.delenv("NO_COLOR")
+    assert not app_for(make_session(4, footer=False)).no_color
