@@ -23,6 +23,20 @@ def fmt_ms(ms: float) -> str:
     return f"{ms:.4f}"
 
 
+def fmt3(x: float | None) -> str:
+    """A number to about three significant digits (compact tables and panels); — when missing."""
+    if x is None or not math.isfinite(x):
+        return "—"
+    a = abs(x)
+    if a >= 100:
+        return f"{x:.0f}"
+    if a >= 10:
+        return f"{x:.1f}"
+    if a >= 1:
+        return f"{x:.2f}"
+    return "0" if a == 0 else f"{x:.3g}"
+
+
 def fmt_cycles(c: float) -> str:
     """Cycles with an SI suffix: 1.23 M, 456 k."""
     if c is None or math.isnan(c):

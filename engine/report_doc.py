@@ -21,7 +21,7 @@ import numpy as np
 
 from .outliers import find_outliers
 from .recording import Recording
-from .report import fmt_cycles, fmt_ms
+from .report import fmt3, fmt_cycles, fmt_ms
 from .roof import place
 from .stats import Summary, summarize_recording
 from .work import header_coeffs, step_work
@@ -49,17 +49,7 @@ def _finite(x: Any) -> bool:
 
 def _g(x: Any, scale: float = 1.0) -> str:
     """A value / scale with about three significant digits; — when missing."""
-    if not _finite(x):
-        return "—"
-    v = float(x) / scale
-    a = abs(v)
-    if a >= 100:
-        return f"{v:.0f}"
-    if a >= 10:
-        return f"{v:.1f}"
-    if a >= 1:
-        return f"{v:.2f}"
-    return "0" if a == 0 else f"{v:.3g}"
+    return fmt3(float(x) / scale) if _finite(x) else "—"
 
 
 def _pct(x: Any, digits: int = 1) -> str:

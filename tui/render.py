@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 from textual.color import Color
 
-from engine.report import fmt_cycles, fmt_ms  # one formatting of units for CLI and UI
+from engine.report import fmt3, fmt_cycles, fmt_ms  # one formatting of units for CLI and UI
 
 __all__ = ["fmt_ms", "fmt_cycles", "fmt_mhz", "spark", "bar", "ramp", "na"]
 
@@ -109,14 +109,4 @@ def chart(values: Sequence[float] | np.ndarray, width: int, height: int, hi: flo
     return rows
 
 
-def ms3(ms: float) -> str:
-    """Milliseconds to about three significant digits (compact panels)."""
-    if ms is None or not math.isfinite(ms):
-        return "—"
-    if ms >= 100:
-        return f"{ms:.0f}"
-    if ms >= 10:
-        return f"{ms:.1f}"
-    if ms >= 1:
-        return f"{ms:.2f}"
-    return f"{ms:.3f}"
+ms3 = fmt3  # milliseconds in compact panels
