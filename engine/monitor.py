@@ -255,7 +255,7 @@ class Monitor:
     # -- worker thread -----------------------------------------------------------------------------
     # The worker wakes at most this often: one wake per step would make it fight the inference
     # thread for the GIL on every step of a fast model; steps wait a few ms, inference never.
-    WORKER_INTERVAL_S = 0.02
+    WORKER_INTERVAL_S = 0.1
 
     def _work(self) -> None:
         if self.device.type == "cuda":
