@@ -196,7 +196,7 @@ async def slowdown(model_name: str, pairs: int, phase_s: float, threads: int) ->
 async def main_async(args) -> dict:
     out = {"frames": []}
     for size in ((80, 24), (160, 48)):
-        for hz in (10.0, 30.0):
+        for hz in (12.0, 30.0):
             r = await measure_frames(args.seconds, hz, size)
             out["frames"].append(r)
             print(f"frames {r['size']:>7} @ {hz:>4.0f} Hz: {r['frames_per_s']:5.1f} frames/s, "

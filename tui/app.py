@@ -1,7 +1,7 @@
 """The Textual app: wiring only. A source feeds records, the state folds them, screens draw them.
 
-The app drains its source on its own timer (10 Hz by default) and draws one frame per tick from
-whatever arrived, so the UI's cost does not grow with the step rate and the engine never waits.
+The app drains its source on its own timer (12 Hz by default; design: 10–15 Hz) and draws one
+frame per tick from whatever arrived, so the UI's cost does not grow with the step rate and the engine never waits.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class MomentsApp(App):
         Binding("minus", "replay_speed(0.5)", show=False),
     ]
 
-    def __init__(self, source: Source, theme: str | None = None, refresh_hz: float = 10.0,
+    def __init__(self, source: Source, theme: str | None = None, refresh_hz: float = 12.0,
                  screenshot_dir: str | Path = ".", clock: Callable[[], float] = time.time,
                  compare: tuple[Any, str, str] | None = None):
         super().__init__()
