@@ -2,8 +2,8 @@
 
 The live UI runs the engine in a child process so that drawing never competes with inference for
 the GIL (in quick runs on a busy machine, a Python-heavy decode loop ran 1.5–2.3× slower with the UI
-in the same process). Records go out on the process's original stdout; fd 1 is pointed at stderr first, so a stray print from a
-library cannot corrupt the stream. Commands come in on stdin, one JSON object a line:
+in the same process). Records go out on the process's original stdout; fd 1 is pointed at stderr
+first, so a stray print from a library cannot corrupt the stream. Commands come in on stdin, one JSON object a line:
 ``{"cmd": "record", "path": P}``, ``{"cmd": "stop-record"}``, ``{"cmd": "quit"}``; end of stdin
 means quit, so the engine never outlives its UI. SIGINT, SIGTERM and SIGHUP (an SSH hang-up) end
 the session the same controlled way: footer written, recording closed.
