@@ -283,7 +283,7 @@ class Monitor:
             if running:
                 time.sleep(self.WORKER_INTERVAL_S)
         if self.recorder is not None:
-            self.recorder.close(self.footer or None)
+            self.recorder.close()  # the footer went out through _emit, as the last record
 
     def _handle(self, item: Any) -> None:
         try:

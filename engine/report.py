@@ -47,13 +47,21 @@ def fmt_cycles(c: float) -> str:
     return f"{c:.0f}"
 
 
-def share_bar(share: float, width: int = 10) -> str:
-    if share is None or math.isnan(share):
+def bar(fraction: float, width: int) -> str:
+    """A horizontal bar of ``width`` cells filled to ``fraction`` (eighths of a cell)."""
+    if width <= 0:
         return ""
-    filled = share * width
-    full = int(filled)
-    partial = "▏▎▍▌▋▊▉"[int((filled - full) * 7)] if full < width and filled - full >= 1 / 7 else ""
-    return ("█" * full + partial).ljust(width)
+    if fraction is None or not math.isfinite(fraction):
+        return " " * width
+    cells = max(0.0, min(1.0, fraction)) * width
+    full = int(cells)
+    rest = int((cells - full) * 8)
+    return ("█" * full + ("▏▎▍▌▋▊▉"[rest - 1] if rest and full < width else "")).ljust(width)
+
+
+def share_bar(share: float, width: int = 10) -> str:
+    """The summary table's share bar; empty for a layer that never ran."""
+    return "" if share is None or not math.isfinite(share) else bar(share, width)
 
 
 def _describe(header: dict[str, Any] | None) -> str:

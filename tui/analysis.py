@@ -86,6 +86,15 @@ class OutlierLog:
         self.checked = 0  # steps of the session already looked at
         self.total = 0
 
+    def newest_mask(self, step_index: Any, n_layers: int) -> np.ndarray:
+        """Layers whose moment in step ``step_index`` was logged as an outlier (the table's "!")."""
+        mask = np.zeros(n_layers, dtype=bool)
+        for entry in reversed(self.entries):
+            if entry["step"] != step_index:
+                break
+            mask[entry["layer_index"]] = True
+        return mask
+
     def update(self, history: np.ndarray, meta: list[tuple], steps_seen: int) -> None:
         """``history``: [S, L] newest last (S ≥ the new steps); ``meta`` aligned (index, kind, clock, reasons)."""
         new = min(steps_seen - self.checked, len(history))
@@ -116,6 +125,7 @@ class OutlierLog:
                 at = offset + int(chunk[r])
                 index, kind, clock, reasons = meta[at] if 0 <= at < len(meta) else (None, None, None, ())
                 self.total += 1
-                self.entries.append({"step": index, "kind": kind, "layer": self.names[j], "ms": float(fresh[r, j]),
+                self.entries.append({"step": index, "kind": kind, "layer": self.names[j], "layer_index": int(j),
+                                     "ms": float(fresh[r, j]),
                                      "median_ms": float(median[j]), "clock_mhz": clock,
                                      "throttle_reasons": list(reasons)})

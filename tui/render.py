@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 from textual.color import Color
 
-from engine.report import fmt3, fmt_cycles, fmt_ms  # one formatting of units for CLI and UI
+from engine.report import bar, fmt3, fmt_cycles, fmt_ms  # one formatting of units for CLI and UI
 
 __all__ = ["fmt_ms", "fmt_cycles", "fmt_mhz", "spark", "bar", "ramp", "na"]
 
@@ -47,18 +47,6 @@ def spark(values: Sequence[float] | np.ndarray, width: int, lo: float | None = N
         else:
             chars.append(SPARK[min(7, max(0, int((x - lo) / span * 7.999)))])
     return "".join(chars).rjust(width)
-
-
-def bar(fraction: float, width: int) -> str:
-    """A horizontal bar of ``width`` cells filled to ``fraction`` (eighths of a cell)."""
-    if width <= 0:
-        return ""
-    if fraction is None or not math.isfinite(fraction):
-        return " " * width
-    cells = max(0.0, min(1.0, fraction)) * width
-    full = int(cells)
-    rest = int((cells - full) * 8)
-    return ("█" * full + ("▏▎▍▌▋▊▉"[rest - 1] if rest and full < width else "")).ljust(width)
 
 
 def ramp(low: str, high: str, fraction: float) -> str:

@@ -20,7 +20,6 @@ from .analysis import OutlierLog, WorkTracker
 
 SORT_KEYS = ("order", "last", "mean", "p50", "p99", "cycles", "share", "flops", "roof")
 STATS_WINDOW_STEPS = 256      # percentiles in the live table: recent behaviour, cheap to compute
-OUTLIER_HISTORY = 128         # each layer's own recent history that an outlier is judged against
 HISTORY_STEPS = 2048          # what the rolling store keeps (detail screen, heatmap)
 RATE_WINDOW_NS = 5_000_000_000
 
@@ -198,7 +197,7 @@ class ViewState:
         view = LayerView(
             names=self.stats.layer_names, parents=self.stats.parents, last_ms=la["last_ms"], mean_ms=mean,
             p50_ms=la["p50_ms"], p99_ms=la["p99_ms"], cycles=la["mean_cycles"], share=la["share"],
-            recent_ms=a["layer_ms"][-spark_steps:].T, outlier=self.stats.outliers(history_steps=OUTLIER_HISTORY),
+            recent_ms=a["layer_ms"][-spark_steps:].T, outlier=np.zeros(len(mean), dtype=bool),
             slowest=slowest, order=np.arange(len(mean)))
         placed = self.work.per_layer() if self.work is not None else None
         if placed is not None:
@@ -207,6 +206,8 @@ class ViewState:
         if self.outlier_log is not None:
             meta = list(self.step_meta)[-len(a["layer_ms"]):]
             self.outlier_log.update(a["layer_ms"], meta, self.stats.steps_seen)
+            # the table's "!" is the log's verdict on the newest step: one robust test per frame
+            view.outlier = self.outlier_log.newest_mask(meta[-1][0] if meta else None, len(mean))
         view.order = self.sort_order(view)
         return view
 

@@ -123,7 +123,6 @@ class RooflineScreen(Screen):
             for ch, style in r:
                 parts.append((ch, style) if style else ch)
             parts.append("\n")
-        lo_i, hi_i = np.nanmin(intensity[intensity > 0]) if (intensity > 0).any() else 0, peak / work.peak_bw
         parts.append((f"↑ FLOP/s (top {si(peak, 'FLOP/s')})   → FLOP/byte, log scales; ╱ memory roof, "
                       f"─ compute roof", "$text-muted"))
         self.query_one("#plot", Static).update(Content.assemble(*parts))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from ..render import fmt_ms, na
+from ..render import fmt_ms
 from ..state import ViewState
 
 
