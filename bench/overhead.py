@@ -35,17 +35,15 @@ from typing import Any
 os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
 
 from bench.pairs import Config, Decoder, Progress, make_sync, note, ratio_stats, run_rounds  # noqa: E402
-from engine.hooks import top_level_layers  # noqa: E402
-from engine.models import load_model  # noqa: E402
-from engine.monitor import Monitor  # noqa: E402
+from llm_moments.engine.core.hooks import top_level_layers  # noqa: E402
+from llm_moments.engine.session.models import load_model  # noqa: E402
+from llm_moments.engine.session.monitor import Monitor  # noqa: E402
 
 # Targets of issue #2 (ratio = monitored / plain decode step time).
 TARGETS = {"blocks": 1.02, "leaves": 1.06}

@@ -24,13 +24,12 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from tui.app import MomentsApp  # noqa: E402
-from tui.sources import _Buffered  # noqa: E402
-from tui.widgets.layer_table import LayerTable  # noqa: E402
+from llm_moments.tui.app import MomentsApp  # noqa: E402
+from llm_moments.tui.sources import _Buffered  # noqa: E402
+from llm_moments.tui.widgets.layer_table import LayerTable  # noqa: E402
 
 
 # -- 1. frames with 300 rows -------------------------------------------------------------------------
@@ -130,8 +129,8 @@ class SharedLive:
 
 async def slowdown(model_name: str, pairs: int, phase_s: float, threads: int) -> dict:
     """The real set-up: the engine in its own process (as `moments` runs it), the UI here."""
-    from engine.cli import build_parser
-    from tui.sources import LiveSource
+    from llm_moments.engine.cli import build_parser
+    from llm_moments.tui.sources import LiveSource
 
     parser, _ = build_parser()
     args = parser.parse_args(["run", "--model", model_name, "--threads", str(threads), "--max-new-tokens", "64",

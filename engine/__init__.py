@@ -1,21 +1,10 @@
-"""llm-moments engine: per-layer moment timing with clock cycles, recording and statistics.
+"""The engine: measuring, analysis, outputs and running a model. Never imports Textual or the UI.
 
-Never imports Textual or the UI: usable alone from a script or the headless CLI. ``Monitor`` is
-imported on first use, so `moments --help` and `moments report` do not pay for importing torch.
+Subpackages by role, lower never importing upper (import-linter contracts in pyproject.toml):
+
+- ``core``: the hot path and what feeds it — hooks, timers, clocks and the sampler, recording, work;
+- ``analysis``: pure numpy over one step table — statistics, outliers, roofline placement, diff;
+- ``output``: renderers without torch — units, text, markdown, HTML, SVG, exports;
+- ``session``: running a model — presets, loading, inputs, the ``Monitor`` pipeline, the live child;
+- ``cli``: the command line, one parser and one dispatcher.
 """
-
-from typing import Any
-
-__version__ = "0.1.0"
-
-from .errors import MomentsError  # noqa: E402
-
-__all__ = ["Monitor", "MomentsError", "__version__"]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "Monitor":
-        from .monitor import Monitor
-
-        return Monitor
-    raise AttributeError(f"module 'engine' has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """Headless command line: ``moments run --headless`` and ``moments report``.
 
 The parser is built here so the UI's entry point (tui/cli.py) extends it rather than repeating it;
-this module never imports the UI. ``python -m engine`` runs the same commands without Textual.
+this module never imports the UI. ``python -m llm_moments.engine`` runs the same commands without Textual.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import sys
 import threading
 from typing import Any, Callable, Sequence
 
-from . import __version__
-from .errors import MomentsError
+from llm_moments import __version__
+from llm_moments.engine.errors import MomentsError
 
 EPILOG = """\
 A step is one forward of the model (a prefill, one decode token, or one encoder batch); a moment is
@@ -51,7 +51,7 @@ def rate_hz(text: str) -> float:
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
-    from .presets import PRESETS  # torch-free: --help stays instant
+    from llm_moments.engine.session.presets import PRESETS  # torch-free: --help stays instant
 
     presets = "; ".join(f"{k}: {v['about']}" for k, v in PRESETS.items())
     g = p.add_argument_group("model")
@@ -158,7 +158,7 @@ def guarded(fn: Callable[[], int]) -> int:
 
 
 def _load(path: str):
-    from . import recording
+    from llm_moments.engine.core import recording
 
     rec = recording.load(path)
     for warning in rec.warnings:
@@ -172,7 +172,7 @@ def _write_out(text: str, output: str | None) -> None:
     if output is None:
         sys.stdout.write(text)
         return
-    from .recording import check_writable
+    from llm_moments.engine.core.recording import check_writable
 
     path = check_writable(output, what="write to", example="out" + (Path(output).suffix or ".txt"))
     path.write_text(text, encoding="utf-8")
@@ -180,12 +180,12 @@ def _write_out(text: str, output: str | None) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import render_json, render_text
-    from .stats import summarize_recording
+    from llm_moments.engine.output.text import render_json, render_text
+    from llm_moments.engine.analysis.stats import summarize_recording
 
     rec = _load(args.file)
     if args.format in ("md", "html"):
-        from .report_doc import render_html, render_markdown
+        from llm_moments.engine.output.report_doc import render_html, render_markdown
 
         out = (render_html if args.format == "html" else render_markdown)(rec)
     else:
@@ -196,8 +196,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from .diff import compare
-    from .report import render_diff
+    from llm_moments.engine.analysis.diff import compare
+    from llm_moments.engine.output.text import render_diff
 
     diff = compare(_load(args.a), _load(args.b), kind=args.kind, normalize_clock=args.normalize_clock)
     sys.stdout.write(render_diff(diff, args.a, args.b, args.format))
@@ -207,7 +207,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .export import export
+    from llm_moments.engine.output.export import export
 
     rec = _load(args.file)
     suffix = {"chrome": ".trace.json", "csv": ".csv", "json": ".json"}[args.format]
@@ -219,56 +219,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def prepare_session(args: argparse.Namespace, on_progress: Callable[[str], None] | None = None):
-    """Everything a session needs, checked in the order that fails fastest: record path, inputs, model."""
-    from .inputs import read_texts
-    from .recording import check_writable
-
-    if args.record:
-        check_writable(args.record)
-    texts = read_texts(args.inputs)
-    if not (0 < args.sample_hz <= 20):
-        raise MomentsError(f"--sample-hz must be more than 0 and at most 20, not {args.sample_hz}")
-    if not (0 < args.util_hz <= 10):
-        raise MomentsError(f"--util-hz must be more than 0 and at most 10, not {args.util_hz}")
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from .models import load_model
-
-    if on_progress:
-        on_progress(f"loading {args.model}")
-    loaded = load_model(args.model, args.device, args.dtype, args.trust_remote_code)
-    return texts, loaded
-
-
-def make_monitor(args: argparse.Namespace, loaded: Any, listeners: Sequence[Callable] = ()):
-    from .monitor import Monitor
-
-    run_info = {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens if loaded.generative else None,
-                "inputs": args.inputs or "built-in samples", "warmup_batches": args.warmup,
-                "threads": __import__("torch").get_num_threads()}
-    return Monitor(loaded.model, depth=args.depth, record=args.record, sample_hz=args.sample_hz,
-                   util_hz=args.util_hz, model_info=loaded.info, run_info=run_info,
-                   roof=not getattr(args, "no_calibrate", False),
-                   record_text=not args.no_text, listeners=list(listeners))
-
-
-def warm_up(args: argparse.Namespace, loaded: Any, texts: list[str]) -> None:
-    from .inputs import batches
-    from .runner import run_batch
-
-    for _, batch in zip(range(args.warmup), batches(texts, args.batch_size, loop=True)):
-        run_batch(loaded, batch, min(args.max_new_tokens, 4))
-
-
 def cmd_run_headless(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .report import render_json, render_text
-    from .runner import stream
+    from llm_moments.engine.output.text import render_json, render_text
+    from llm_moments.engine.session.runner import stream
+    from llm_moments.engine.session.setup import make_monitor, prepare_session, warm_up
 
     err = Console(stderr=True)
     steps = args.steps or 64
@@ -326,7 +283,7 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser, _ = build_parser("moments")
     argv = list(sys.argv[1:] if argv is None else argv)
-    # `run` is the default command: no arguments, or options only (`python -m engine --model X`).
+    # `run` is the default command: no arguments, or options only (`python -m llm_moments.engine --model X`).
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv = ["run", *argv]
     args = parser.parse_args(argv)
@@ -334,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in commands:
         return guarded(lambda: commands[args.command](args))
     if args.command == "stream":
-        from .stream import serve
+        from llm_moments.engine.session.stream import serve
 
         return guarded(lambda: serve(args))
     return guarded(lambda: cmd_run_headless(args))

@@ -37,8 +37,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 NO_GPU = "no CUDA GPU visible: run this on a machine with an NVIDIA GPU and a CUDA build of torch"
 DEPTHS = ("blocks", "sublayers", "leaves")
@@ -79,8 +77,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def check_outputs(args: argparse.Namespace) -> str | None:
     """A one-line problem with an output path, found before any GPU work."""
-    from engine.errors import MomentsError
-    from engine.recording import check_writable
+    from llm_moments.engine.errors import MomentsError
+    from llm_moments.engine.core.recording import check_writable
 
     for flag, value in (("--out", args.out), ("--record", args.record), ("--json", args.json)):
         if not value:
@@ -133,8 +131,8 @@ class FakeNvml:
 
 
 def make_source(kind: str, device: Any) -> Any:
-    from engine.nvml import NvmlUnavailable, open_device
-    from engine.sampler import NvmlClockSource, UnavailableClockSource, make_clock_source
+    from llm_moments.engine.core.nvml import NvmlUnavailable, open_device
+    from llm_moments.engine.core.sampler import NvmlClockSource, UnavailableClockSource, make_clock_source
 
     if kind == "auto":
         return make_clock_source(str(device))
@@ -350,9 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         import numpy as np
 
         from bench.pairs import Config, Decoder, make_sync, ratio_stats, run_rounds
-        from engine.errors import MomentsError
-        from engine.models import load_model
-        from engine.monitor import Monitor
+        from llm_moments.engine.errors import MomentsError
+        from llm_moments.engine.session.models import load_model
+        from llm_moments.engine.session.monitor import Monitor
     except ImportError as exc:
         sys.stderr.write(f"missing a dependency ({exc}): run `make setup` or `pip install -e .` first\n")
         return 1

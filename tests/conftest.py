@@ -184,10 +184,10 @@ MOMENTS = Path(sys.executable).parent / "moments"  # the installed console scrip
 
 
 def cli_cmd(*args: str, moments: bool = False) -> list[str]:
-    """``python -m engine ARGS`` (the engine alone), or the installed ``moments ARGS`` when asked."""
+    """``python -m llm_moments.engine ARGS`` (the engine alone), or the installed ``moments ARGS`` when asked."""
     if moments and MOMENTS.exists():
         return [str(MOMENTS), *args]
-    return [sys.executable, "-m", "engine", *args]
+    return [sys.executable, "-P", "-m", "llm_moments.engine", *args]
 
 
 def run_cli(*args: str, timeout: float = 180, env: dict[str, str] | None = None,

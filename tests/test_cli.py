@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from conftest import cli_env, popen_cli, run_cli
-from engine import cli
-from engine.inputs import SAMPLE_TEXTS
-from engine.recording import load
+from llm_moments.engine import cli
+from llm_moments.engine.session.inputs import SAMPLE_TEXTS
+from llm_moments.engine.core.recording import load
 
 BERT_BLOCKS = ["embeddings", *(f"encoder.layer.{i}" for i in range(6)), "pooler"]
 GPT2_BLOCKS = ["transformer.wte", "transformer.wpe", *(f"transformer.h.{i}" for i in range(6)),
@@ -223,7 +223,7 @@ def test_bad_input_is_one_line(case, tmp_path, monkeypatch, capfd):
         pytest.skip("a CUDA GPU is visible here")
     d = _bad_files(tmp_path)
     if before_load:
-        monkeypatch.setattr("engine.models.load_model", _must_not_load)
+        monkeypatch.setattr("llm_moments.engine.session.models.load_model", _must_not_load)
     code = cli.main(_fill(args, d))
     out, err = capfd.readouterr()
     _assert_one_error_line(code, out, err, _fill([expect], d)[0])
@@ -266,8 +266,8 @@ def test_usage_errors_exit_2(argv, message, capsys):
 
 
 def test_run_is_the_default_command_with_options(monkeypatch, capsys):
-    # `python -m engine --model X` runs X (it once told the user that X was not a command)
-    monkeypatch.setattr("engine.models.load_model", _must_not_load)
+    # `python -m llm_moments.engine --model X` runs X (it once told the user that X was not a command)
+    monkeypatch.setattr("llm_moments.engine.session.models.load_model", _must_not_load)
     assert cli.main(["--model", "no-such-preset", "--inputs", "/no/such/inputs.txt"]) == 2
     assert capsys.readouterr().err == "moments: error: inputs file /no/such/inputs.txt does not exist\n"
 
@@ -278,7 +278,7 @@ def _must_not_load(*args, **kwargs):
 
 @pytest.mark.parametrize("where", ["missing folder", "directory"])
 def test_record_path_is_checked_before_the_model_loads(where, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("engine.models.load_model", _must_not_load)
+    monkeypatch.setattr("llm_moments.engine.session.models.load_model", _must_not_load)
     target = tmp_path / "missing" / "run.jsonl" if where == "missing folder" else tmp_path
     before = sorted(tmp_path.rglob("*"))
     code = cli.main(["run", "--headless", "--record", str(target), "--inputs", str(tmp_path / "nothing.txt")])

@@ -18,13 +18,14 @@ import numpy as np
 import pytest
 
 from conftest import FakeClock, cli_env, generate, ids, run_cli
-from engine import Monitor, MomentsError
-from engine.cli import main
-from engine.diff import compare
-from engine.export import CSV_COLUMNS, chrome_trace, csv_rows, export, to_csv
-from engine.outliers import find_outliers
-from engine.recording import load
-from engine.report import render_diff
+from llm_moments import Monitor
+from llm_moments import MomentsError
+from llm_moments.engine.cli import main
+from llm_moments.engine.analysis.diff import compare
+from llm_moments.engine.output.export import CSV_COLUMNS, chrome_trace, csv_rows, export, to_csv
+from llm_moments.engine.analysis.outliers import find_outliers
+from llm_moments.engine.core.recording import load
+from llm_moments.engine.output.text import render_diff
 
 # -- synthetic recordings ----------------------------------------------------------------------------
 

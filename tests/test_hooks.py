@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from conftest import Bare, PlainNet, ids
-from engine.hooks import StepHooks, count_hooks, find_layers, top_level_layers
-from engine.timing import CpuTimer
+from llm_moments.engine.core.hooks import StepHooks, count_hooks, find_layers, top_level_layers
+from llm_moments.engine.core.timing import CpuTimer
 
 
 def names(layers):

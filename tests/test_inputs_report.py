@@ -9,10 +9,10 @@ import math
 import numpy as np
 import pytest
 
-from engine.errors import MomentsError
-from engine.inputs import SAMPLE_TEXTS, batches, read_texts
-from engine.report import fmt_cycles, fmt_ms, render_json, render_text, share_bar
-from engine.stats import summarize
+from llm_moments.engine.errors import MomentsError
+from llm_moments.engine.session.inputs import SAMPLE_TEXTS, batches, read_texts
+from llm_moments.engine.output.text import fmt_cycles, fmt_ms, render_json, render_text, share_bar
+from llm_moments.engine.analysis.stats import summarize
 
 # -- inputs --------------------------------------------------------------------------------------------
 

@@ -7,10 +7,11 @@ import torch
 from torch import nn
 
 from conftest import Bare, FakeClock, PlainNet, generate, ids, read_lines
-from engine import MomentsError, Monitor
-from engine.hooks import count_hooks
-from engine.monitor import NO_LAYER_TIMING
-from engine.recording import SCHEMA, load
+from llm_moments import MomentsError
+from llm_moments import Monitor
+from llm_moments.engine.core.hooks import count_hooks
+from llm_moments.engine.session.monitor import NO_LAYER_TIMING
+from llm_moments.engine.core.recording import SCHEMA, load
 
 
 def steps_of(records):

@@ -1,4 +1,4 @@
-"""engine.nvml against a fake pynvml binding (gpustat-style scenarios); no GPU needed."""
+"""llm_moments.engine.core.nvml against a fake pynvml binding (gpustat-style scenarios); no GPU needed."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from engine import nvml
-from engine.nvml import NvmlUnavailable, decode_reasons, open_device
+from llm_moments.engine.core import nvml
+from llm_moments.engine.core.nvml import NvmlUnavailable, decode_reasons, open_device
 
 
 class NVMLError(Exception):

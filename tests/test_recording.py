@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from conftest import FakeClock, generate, ids, read_lines
-from engine import Monitor
-from engine.errors import MomentsError
-from engine.recording import Recorder, RecordingError, check_writable, follow, load
+from llm_moments import Monitor
+from llm_moments.engine.errors import MomentsError
+from llm_moments.engine.core.recording import Recorder, RecordingError, check_writable, follow, load
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from conftest import Block, FakeClock, generate
-from engine.monitor import Monitor
-from engine.recording import load
-from engine.report_doc import HEATMAP_STEPS, render_html, render_markdown
+from llm_moments.engine.session.monitor import Monitor
+from llm_moments.engine.core.recording import load
+from llm_moments.engine.output.report_doc import HEATMAP_STEPS, render_html, render_markdown
 
 ROOF = {"peak_flops": 2.0e10, "peak_bytes_per_s": 8.0e9, "source": "test"}
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
@@ -241,7 +241,7 @@ def test_html_and_markdown_of_a_recording_without_steps(gpt2_path, tmp_path):
 
 
 def test_cli_writes_the_html_report(gpt2_path, tmp_path):
-    from engine.cli import main
+    from llm_moments.engine.cli import main
 
     out = tmp_path / "out.html"
     assert main(["report", str(gpt2_path), "--format", "html", "-o", str(out)]) == 0

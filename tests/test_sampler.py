@@ -1,4 +1,4 @@
-"""engine.sampler: CPU clock sources on fake /proc and /sys trees, Sampler on a scripted source."""
+"""llm_moments.engine.core.sampler: CPU clock sources on fake /proc and /sys trees, Sampler on a scripted source."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from engine import sampler as sampler_mod
-from engine.nvml import NvmlUnavailable
-from engine.sampler import CpuClockSource, Sampler, make_clock_source
+from llm_moments.engine.core import sampler as sampler_mod
+from llm_moments.engine.core.nvml import NvmlUnavailable
+from llm_moments.engine.core.sampler import CpuClockSource, Sampler, make_clock_source
 
 CPUINFO = """processor\t: 0
 model name\t: AMD EPYC 9654

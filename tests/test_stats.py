@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from engine.stats import RollingStats, robust_outliers, summarize, summarize_recording
+from llm_moments.engine.analysis.stats import RollingStats, robust_outliers, summarize, summarize_recording
 
 NAN = float("nan")
 NAMES = ["a", "b", "a.x"]

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from engine import recording
-from engine.diff import compare
+from llm_moments.engine.core import recording
+from llm_moments.engine.analysis.diff import compare
 from textual.widgets import DataTable, Static
 
-from tui.app import MomentsApp
-from tui.screens.diff import DiffScreen
-from tui.screens.outliers import OutliersScreen
-from tui.screens.roofline import RooflineScreen
+from llm_moments.tui.app import MomentsApp
+from llm_moments.tui.screens.diff import DiffScreen
+from llm_moments.tui.screens.outliers import OutliersScreen
+from llm_moments.tui.screens.roofline import RooflineScreen
 from tui_fakes import BLOCK_LAYERS, FakeSource, capture_notifications, make_session, make_step, run, settle, \
     write_recording
 
@@ -141,7 +141,7 @@ def test_d_without_a_comparison_says_how_to_get_one():
 
 
 def test_prefills_among_decode_steps_are_not_outliers():
-    from tui.state import ViewState
+    from llm_moments.tui.state import ViewState
 
     records = [make_session(1, footer=False)[0]]
     for i in range(60):  # a new prompt every 10 steps: its prefill is 4× a decode step

@@ -12,18 +12,18 @@ import numpy as np
 import pytest
 from textual.widgets import Input
 
-from tui.app import MomentsApp
-from tui.screens.detail import LayerDetailScreen
-from tui.screens.help import HelpScreen
-from tui.screens.main import MainScreen
-from tui.screens.record import RecordDialog
-from tui import themes as theme_files
-from tui.sources import LiveSource, ReplaySource, WatchSource
-from tui.widgets.clock_panel import ClockPanel
-from tui.widgets.header import HeaderBar
-from tui.widgets.layer_table import LayerTable
-from tui.widgets.status_line import StatusLine
-from tui.widgets.step_panel import StepPanel
+from llm_moments.tui.app import MomentsApp
+from llm_moments.tui.screens.detail import LayerDetailScreen
+from llm_moments.tui.screens.help import HelpScreen
+from llm_moments.tui.screens.main import MainScreen
+from llm_moments.tui.screens.record import RecordDialog
+from llm_moments.tui import themes as theme_files
+from llm_moments.tui.sources import LiveSource, ReplaySource, WatchSource
+from llm_moments.tui.widgets.clock_panel import ClockPanel
+from llm_moments.tui.widgets.header import HeaderBar
+from llm_moments.tui.widgets.layer_table import LayerTable
+from llm_moments.tui.widgets.status_line import StatusLine
+from llm_moments.tui.widgets.step_panel import StepPanel
 
 from tui_fakes import (BLOCK_LAYERS, STEP_NS, SUB_LAYERS, FakeSource, append_records, capture_notifications,
                        footer_record, make_gpu_sample, make_header, make_session, make_step, plain, run, settle,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from tui.app import MomentsApp
+from llm_moments.tui.app import MomentsApp
 
 from tui_fakes import (STEP_NS, SUB_LAYERS, FakeSource, make_gpu_sample, make_header, make_step)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import tui.state
-from tui.state import RATE_WINDOW_NS, SORT_KEYS, ViewState
+import llm_moments.tui.state as tui_state
+from llm_moments.tui.state import RATE_WINDOW_NS, SORT_KEYS, ViewState
 
 from tui_fakes import (BLOCK_LAYERS, STEP_NS, SUB_LAYERS, make_cpu_sample, make_gpu_sample, make_header,
                        make_session, make_step)
@@ -30,8 +30,8 @@ def arrays(steps, key):
 
 
 ROOT = Path(__file__).resolve().parents[1]
-ENGINE_MODULES = ["engine", "engine.cli", "engine.monitor", "engine.recording", "engine.stats", "engine.models",
-                  "engine.runner", "engine.report"]
+ENGINE_MODULES = ["llm_moments", "llm_moments.engine", "llm_moments.engine.cli", "llm_moments.engine.session.monitor", "llm_moments.engine.core.recording", "llm_moments.engine.analysis.stats", "llm_moments.engine.session.models",
+                  "llm_moments.engine.session.runner", "llm_moments.engine.output.text"]
 
 
 # -- layering: the engine stands alone ----------------------------------------------------------------
@@ -39,18 +39,18 @@ ENGINE_MODULES = ["engine", "engine.cli", "engine.monitor", "engine.recording", 
 
 def test_importing_the_engine_does_not_import_textual_or_the_ui():
     """A fresh interpreter: the named modules, then every other module of the package."""
-    code = ("import importlib, pkgutil, sys\nimport engine\n"
-            f"names = {ENGINE_MODULES!r} + ['engine.' + m.name for m in pkgutil.iter_modules(engine.__path__)"
-            " if m.name != '__main__']\n"
+    code = ("import importlib, pkgutil, sys\nimport llm_moments.engine as engine\n"
+            f"names = {ENGINE_MODULES!r} + [m.name for m in pkgutil.walk_packages(engine.__path__, 'llm_moments.engine.')"
+            " if not m.name.endswith('__main__')]\n"
             "for name in names: importlib.import_module(name)\n"
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('textual', 'tui'))\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'textual' or m.startswith('llm_moments.tui'))\n"
             "print('IMPORTED:', len(names), 'UI MODULES:', bad)\nsys.exit(1 if bad else 0)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "UI MODULES: []" in done.stdout
 
 
-IMPORT_LINE = re.compile(r"^\s*(import|from)\s+(textual|tui)\b", re.MULTILINE)
+IMPORT_LINE = re.compile(r"^\s*(import|from)\s+(textual|tui|llm_moments\.tui)\b", re.MULTILINE)
 
 
 def test_no_engine_file_imports_textual_or_the_ui():
@@ -71,7 +71,7 @@ def test_no_engine_file_imports_textual_or_the_ui():
                   and isinstance(node.args[0].value, str)
                   and getattr(node.func, "attr", getattr(node.func, "id", "")) in ("import_module", "__import__")):
                 names = [node.args[0].value]
-            if any(n.split(".")[0] in ("textual", "tui") for n in names):
+            if any(n.split(".")[0] in ("textual", "tui") or n.startswith("llm_moments.tui") for n in names):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert offenders == []
 
@@ -81,7 +81,7 @@ def test_no_engine_file_imports_textual_or_the_ui():
 
 def test_state_module_does_not_import_textual():
     """The reducer imports numpy and the engine only (and the engine never imports Textual: below)."""
-    tree = ast.parse(Path(tui.state.__file__).read_text(encoding="utf-8"))
+    tree = ast.parse(Path(tui_state.__file__).read_text(encoding="utf-8"))
     roots = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -89,7 +89,7 @@ def test_state_module_does_not_import_textual():
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             roots.add(node.module.split(".")[0])
     assert "textual" not in roots and "rich" not in roots
-    assert roots <= {"__future__", "collections", "math", "dataclasses", "typing", "numpy", "engine"}
+    assert roots <= {"__future__", "collections", "math", "dataclasses", "typing", "numpy", "llm_moments"}
 
 
 def test_apply_header_steps_and_samples():

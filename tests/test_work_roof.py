@@ -22,12 +22,12 @@ import torch
 from torch import nn
 
 from conftest import _IDS, FakeClock, _quiet_transformers, generate, ids
-from engine import Monitor
-from engine import roof as roof_mod
-from engine.hooks import find_layers
-from engine.recording import load
-from engine.roof import datasheet, machine_roof, place
-from engine.work import LayerWork, flop_counter_total, header_coeffs, layer_work, module_work, step_work
+from llm_moments import Monitor
+from llm_moments.engine.core import roof as roof_mod
+from llm_moments.engine.core.hooks import find_layers
+from llm_moments.engine.core.recording import load
+from llm_moments.engine.core.roof import datasheet, machine_roof, place
+from llm_moments.engine.core.work import LayerWork, flop_counter_total, header_coeffs, layer_work, module_work, step_work
 
 F32 = 4  # bytes
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from engine.roof import place
-from engine.stats import column_median, robust_outliers
-from engine.work import header_coeffs, step_work
+from llm_moments.engine.core.roof import place
+from llm_moments.engine.analysis.stats import column_median, robust_outliers
+from llm_moments.engine.core.work import header_coeffs, step_work
 
 
 class WorkTracker:

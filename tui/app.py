@@ -15,7 +15,7 @@ from textual.app import App
 from textual.binding import Binding
 from textual.css.query import NoMatches
 
-from engine.errors import MomentsError
+from llm_moments.engine.errors import MomentsError
 
 from . import themes as theme_files
 from .screens.detail import LayerDetailScreen

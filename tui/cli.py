@@ -8,8 +8,8 @@ import signal
 import sys
 from typing import Any, Sequence
 
-from engine.cli import build_parser, cmd_diff, cmd_export, cmd_report, cmd_run_headless, error, guarded, rate_hz
-from engine.errors import MomentsError
+from llm_moments.engine.cli import build_parser, cmd_diff, cmd_export, cmd_report, cmd_run_headless, error, guarded, rate_hz
+from llm_moments.engine.errors import MomentsError
 
 THEME_HELP = "dark (default), light, high-contrast, or a theme file (.toml); NO_COLOR is respected"
 
@@ -55,9 +55,9 @@ def _run_app(source: Any, theme: str | None, compare: Any = None) -> int:
 
 def _precheck_live(args: argparse.Namespace) -> None:
     """What can fail before the screen opens fails here, as one line (the model loads in the UI)."""
-    from engine.inputs import read_texts
-    from engine.models import check_model_spec
-    from engine.recording import check_writable
+    from llm_moments.engine.session.inputs import read_texts
+    from llm_moments.engine.session.models import check_model_spec
+    from llm_moments.engine.core.recording import check_writable
 
     if args.record:
         check_writable(args.record)
@@ -85,8 +85,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"moments: warning: {args.file}: {warning}", file=sys.stderr)
     compare = None
     if args.compare:
-        from engine import recording
-        from engine.diff import compare as diff
+        from llm_moments.engine.core import recording
+        from llm_moments.engine.analysis.diff import compare as diff
 
         compare = (diff(source.rec, recording.load(args.compare)), args.file, args.compare)
     return _run_app(source, args.theme, compare)
@@ -95,7 +95,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from engine.recording import check_header
+    from llm_moments.engine.core.recording import check_header
     import json
 
     from .sources import WatchSource
@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in commands:
         return guarded(lambda: commands[args.command](args))
     if args.command == "stream":
-        from engine.stream import serve
+        from llm_moments.engine.session.stream import serve
 
         return guarded(lambda: serve(args))
     if args.headless:

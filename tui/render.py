@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 from textual.color import Color
 
-from engine.report import bar, fmt3, fmt_cycles, fmt_ms  # one formatting of units for CLI and UI
+from llm_moments.engine.output.text import bar, fmt3, fmt_cycles, fmt_ms  # one formatting of units for CLI and UI
 
 __all__ = ["fmt_ms", "fmt_cycles", "fmt_mhz", "spark", "bar", "ramp", "na"]
 

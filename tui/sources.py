@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from engine import recording
-from engine.errors import MomentsError
+from llm_moments.engine.core import recording
+from llm_moments.engine.errors import MomentsError
 
 
 class Source(Protocol):
@@ -53,7 +53,7 @@ class _Buffered:
 
 
 class LiveSource(_Buffered):
-    """Runs the session in an engine process of its own (``python -m engine stream``).
+    """Runs the session in an engine process of its own (``python -P -m llm_moments.engine stream``).
 
     The UI reads its records from a pipe, exactly like following a file, so drawing never competes
     with inference for the GIL. Recording is switched by commands on the child's stdin; quitting
@@ -66,9 +66,10 @@ class LiveSource(_Buffered):
 
     def __init__(self, args: Any, python: str = sys.executable):
         super().__init__()
-        from engine.stream import to_argv
+        from llm_moments.engine.session.stream import to_argv
 
-        self.argv = [python, "-m", "engine", *to_argv(args)]
+        # -P: the current directory is not put on sys.path, so a folder there can never shadow ours.
+        self.argv = [python, "-P", "-m", "llm_moments.engine", *to_argv(args)]
         self.proc: subprocess.Popen | None = None
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
         self._got_error = False
@@ -76,9 +77,6 @@ class LiveSource(_Buffered):
 
     def start(self) -> None:
         env = dict(os.environ)
-        # The child imports the same engine as we do, installed or from a checkout.
-        root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         env["PYTHONUNBUFFERED"] = "1"
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, encoding="utf-8", env=env, bufsize=1)

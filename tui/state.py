@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from engine.stats import KINDS, RollingStats, layer_arrays
+from llm_moments.engine.analysis.stats import KINDS, RollingStats, layer_arrays
 
 from .analysis import OutlierLog, WorkTracker
 

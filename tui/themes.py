@@ -73,7 +73,7 @@ def load_theme_file(path: str | Path) -> Theme:
 def builtin_themes() -> list[Theme]:
     """The themes shipped in the ``themes`` package (present in a non-editable install too)."""
     out = []
-    for entry in sorted(resources.files("themes").iterdir(), key=lambda e: e.name):
+    for entry in sorted(resources.files("llm_moments.themes").iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".toml"):
             out.append(parse_theme(tomllib.loads(entry.read_text(encoding="utf-8")), f"themes/{entry.name}"))
     return out

@@ -8,8 +8,8 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from engine.diff import Diff
-from engine.report import fmt_cycles, fmt_ms
+from llm_moments.engine.analysis.diff import Diff
+from llm_moments.engine.output.text import fmt_cycles, fmt_ms
 
 
 def _pct(x: float) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .stats import Summary
+from llm_moments.engine.analysis.stats import Summary
 
 
 def fmt_ms(ms: float) -> str:

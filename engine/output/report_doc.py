@@ -19,12 +19,12 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .outliers import find_outliers
-from .recording import Recording
-from .report import fmt3, fmt_cycles, fmt_ms
-from .roof import place
-from .stats import Summary, summarize_recording
-from .work import header_coeffs, step_work
+from llm_moments.engine.analysis.outliers import find_outliers
+from llm_moments.engine.core.recording import Recording
+from llm_moments.engine.output.text import fmt3, fmt_cycles, fmt_ms
+from llm_moments.engine.core.roof import place
+from llm_moments.engine.analysis.stats import Summary, summarize_recording
+from llm_moments.engine.core.work import header_coeffs, step_work
 
 MAX_OUTLIERS = 20
 HEATMAP_STEPS = 400
@@ -724,7 +724,7 @@ def _figure(svg: str, caption: str) -> str:
 
 def render_html(rec: Recording) -> str:
     """The recording as one self-contained HTML page (inline CSS and SVG, nothing fetched)."""
-    from . import __version__
+    from llm_moments import __version__
 
     d = _analyze(rec)
     name, desc, random = _model_bits(d)

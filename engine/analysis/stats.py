@@ -168,11 +168,6 @@ class Summary:
             "steps": [vars(r) for r in self.steps],
         }
 
-    def __str__(self) -> str:
-        from .report import render_text
-
-        return render_text(self)
-
 
 def _quiet_nan(fn, *args, **kwargs):
     import warnings

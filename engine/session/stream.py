@@ -20,7 +20,7 @@ import sys
 import threading
 from typing import Any, TextIO
 
-from .errors import MomentsError
+from llm_moments.engine.errors import MomentsError
 
 _RUN_OPTIONS = (  # (dest, flag): the run options a child process needs, in the parser's terms
     ("model", "--model"), ("device", "--device"), ("dtype", "--dtype"), ("threads", "--threads"),
@@ -83,8 +83,8 @@ class _Out:
 
 
 def serve(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
-    from .cli import make_monitor, prepare_session, warm_up
-    from .runner import stream
+    from llm_moments.engine.session.setup import make_monitor, prepare_session, warm_up
+    from llm_moments.engine.session.runner import stream
 
     out_fd = os.dup(1)
     os.dup2(2, 1)  # from here on, print() goes to stderr

@@ -19,11 +19,11 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # our own progress g
 
 import torch  # noqa: E402
 
-from .errors import MomentsError  # noqa: E402
+from llm_moments.engine.errors import MomentsError  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
-from .presets import PRESETS  # noqa: E402  (torch-free, so --help stays fast)
+from llm_moments.engine.session.presets import PRESETS  # noqa: E402  (torch-free, so --help stays fast)
 
 
 @dataclass

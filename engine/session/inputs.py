@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .errors import MomentsError
+from llm_moments.engine.errors import MomentsError
 
 SAMPLE_TEXTS = [
     "The quick brown fox jumps over the lazy dog.",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from .errors import MomentsError
+from llm_moments.engine.errors import MomentsError
 
 SCHEMA = "moments/1"
 SCHEMA_MAJOR = 1

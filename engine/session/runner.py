@@ -7,10 +7,10 @@ from typing import Any, Callable
 
 import torch
 
-from .errors import MomentsError
-from .inputs import batches
-from .models import LoadedModel
-from .monitor import NO_LAYER_TIMING, Monitor
+from llm_moments.engine.errors import MomentsError
+from llm_moments.engine.session.inputs import batches
+from llm_moments.engine.session.models import LoadedModel
+from llm_moments.engine.session.monitor import NO_LAYER_TIMING, Monitor
 
 
 class _StopOnEvent:

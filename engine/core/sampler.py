@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import psutil
 
-from engine.nvml import NvmlDevice, NvmlUnavailable, open_device
+from llm_moments.engine.core.nvml import NvmlDevice, NvmlUnavailable, open_device
 
 __all__ = [
     "NvmlClockSource",

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .stats import robust_outliers
+from llm_moments.engine.analysis.stats import robust_outliers
 
 
 def find_outliers(header: dict[str, Any], steps: list[dict[str, Any]], window: int = 64, k_mad: float = 5.0,

@@ -13,6 +13,7 @@ waits for the worker, the disk or a UI.
 from __future__ import annotations
 
 import datetime as _dt
+from dataclasses import dataclass
 import os
 import platform
 import queue
@@ -23,15 +24,16 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from . import __version__
-from .errors import MomentsError
-from .hooks import StepHooks, find_layers
-from .recording import SCHEMA, Recorder
-from .sampler import Sampler, make_clock_source
-from .stats import RollingStats, Summary
-from .roof import machine_roof
-from .timing import make_timer
-from .work import layer_work
+from llm_moments import __version__
+from llm_moments.engine.errors import MomentsError
+from llm_moments.engine.core.hooks import StepHooks, find_layers
+from llm_moments.engine.core.recording import SCHEMA, Recorder
+from llm_moments.engine.core.sampler import Sampler, make_clock_source
+from llm_moments.engine.analysis.stats import RollingStats, Summary
+from llm_moments.engine.core.roof import machine_roof
+from llm_moments.engine.core.timing import make_timer
+from llm_moments.engine.core.work import layer_work
+from llm_moments.engine.output.text import render_text
 
 Listener = Callable[[dict[str, Any]], None]
 _STOP = object()
@@ -120,6 +122,16 @@ def _past_length(past: Any) -> int | None:
         except Exception:
             return None
     return None
+
+
+@dataclass
+class SessionSummary(Summary):
+    """A session's ``Summary`` that prints as the CLI's table (the header names model and device)."""
+
+    header: dict[str, Any] | None = None
+
+    def __str__(self) -> str:
+        return render_text(self, self.header)
 
 
 class Monitor:
@@ -437,11 +449,15 @@ class Monitor:
     def note_status(self, message: str, level: str = "warning") -> None:
         self._status(message, level)
 
-    def summary(self) -> Summary:
-        """Per-layer and per-kind statistics of the steps recorded so far (drains pending steps first)."""
+    def summary(self) -> SessionSummary:
+        """Per-layer and per-kind statistics of the steps recorded so far (drains pending steps first).
+
+        ``print(monitor.summary())`` prints exactly the headless CLI's table, header line included.
+        """
         self.flush()
         with self._stats_lock:
-            return self.stats.summary()
+            summary = self.stats.summary()
+        return SessionSummary(**vars(summary), header=self.header)
 
     def snapshot(self, last: int | None = None) -> dict[str, Any]:
         with self._stats_lock:

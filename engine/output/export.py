@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from .recording import Recording
-from .roof import place
-from .work import header_coeffs, step_work
+from llm_moments.engine.core.recording import Recording
+from llm_moments.engine.core.roof import place
+from llm_moments.engine.core.work import header_coeffs, step_work
 
 
 def chrome_trace(rec: Recording) -> dict[str, Any]:

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import MomentsError
-from .recording import Recording
+from llm_moments.engine.errors import MomentsError
+from llm_moments.engine.core.recording import Recording
 
 BOOTSTRAP_RESAMPLES = 400
 

@@ -1,0 +1,1 @@
+"""Pure numpy over one step table (steps x layers): statistics, outliers, roofline placement, diff."""

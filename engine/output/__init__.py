@@ -1,0 +1,1 @@
+"""Renderers, no torch: units, text tables, markdown, HTML, SVG charts and exports."""
