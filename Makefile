@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run headless test bench gpu-check clean
+.PHONY: setup run headless lint test bench gpu-check clean
 
 # torch==2.13.0 first: it is the CPU build on disk here; an unpinned torch pulls a 5 GB CUDA build.
 $(STAMP): pyproject.toml
@@ -22,7 +22,12 @@ run: $(STAMP)
 headless: $(STAMP)
 	$(BIN)/moments run --headless $(ARGS)
 
-test: $(STAMP)
+# The layering (import-linter contracts in pyproject.toml) and the linter run before the tests.
+lint: $(STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/ruff check .
+
+test: lint
 	$(BIN)/python -m pytest tests $(ARGS)
 
 bench: $(STAMP)

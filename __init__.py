@@ -12,9 +12,8 @@ import name is installed and a user's own ``engine/`` or ``tui/`` can never shad
 
 from typing import Any
 
-__version__ = "0.2.0"
-
-from llm_moments.engine.errors import MomentsError  # noqa: E402
+from llm_moments.engine import __version__
+from llm_moments.engine.errors import MomentsError
 
 __all__ = ["Monitor", "MomentsError", "__version__"]
 

@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
 
-from bench.pairs import Config, Decoder, Progress, make_sync, note, ratio_stats, run_rounds  # noqa: E402
+from pairs import Config, Decoder, Progress, make_sync, note, ratio_stats, run_rounds  # noqa: E402
 from llm_moments.engine.core.hooks import top_level_layers  # noqa: E402
 from llm_moments.engine.session.models import load_model  # noqa: E402
 from llm_moments.engine.session.monitor import Monitor  # noqa: E402

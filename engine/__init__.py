@@ -8,3 +8,5 @@ Subpackages by role, lower never importing upper (import-linter contracts in pyp
 - ``session``: running a model — presets, loading, inputs, the ``Monitor`` pipeline, the live child;
 - ``cli``: the command line, one parser and one dispatcher.
 """
+
+__version__ = "0.2.0"

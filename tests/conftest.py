@@ -46,6 +46,9 @@ class FakeClock:
     def read_slow(self) -> dict[str, Any]:
         return {"util_pct": None}
 
+    def close(self) -> None:
+        pass
+
 
 @pytest.fixture
 def fake_clock() -> FakeClock:

@@ -4,6 +4,14 @@ Layers are found structurally, so any transformers model (and any plain ``nn.Mod
 transformer blocks are the biggest ``ModuleList`` of same-typed modules; the top-level layers are
 those blocks plus every sibling met on the way down to them (embeddings, final norm, head, pooler).
 Top-level layers never overlap, so their moments add up to the covered part of a step.
+
+Attribution (header ``attribution: "enclosing"``): a module is hooked once, however many layer
+entries name it (a module shared by several blocks, a model-level module handed to each block).
+Each call counts to the entry whose parent is the innermost layer entry open at that moment — a
+top-level entry when no layer is open, a child of block *k* while block *k* (and none of its
+children) runs. A call for which no entry fits is *nested*: its time stays in the enclosing
+layer's moment and it only counts in its module's first entry's nested calls. So a step's
+top-level moments never overlap and the children of a layer sum to at most the layer.
 """
 
 from __future__ import annotations
@@ -97,12 +105,27 @@ def find_layers(model: nn.Module, depth: str = "blocks") -> list[Layer]:
     return layers
 
 
+# Values on the hooks' stack of open layer entries besides entry indices (which are >= 0).
+ROOT = -1      # inside a step, no layer open: the "parent" of top-level entries
+OUTSIDE = -2   # no step running: calls are not timed (a layer called on its own, outside the model)
+NESTED = -3    # a call that counts to no entry: its time stays in the enclosing entry
+
+
+def _no_nest(i: int) -> None:
+    pass
+
+
 class StepHooks:
-    """Forward hooks on the root (step begin / end) and on every layer (moment start / stop).
+    """Forward hooks on the root (step begin / end) and on every layer's module (moment start / stop).
 
     The root's pre-hook is prepended and its post-hook registered last, so a root that is also a
     layer still nests inside its own step. ``detach`` is idempotent; use as a context manager so the
     hooks go even when the forward raises.
+
+    One pre/post pair per distinct module, whatever number of entries name it. The pre-hook reads
+    the innermost open entry (top of ``stack``), picks the module's entry whose parent that is
+    (precomputed: one comparison, or one int-keyed dict lookup for a shared module), pushes it and
+    starts the timer; the post-hook pops and stops. O(1) per call, no name lookups, no sync.
     """
 
     def __init__(self, model: nn.Module, layers: list[Layer], timer: Any,
@@ -115,22 +138,78 @@ class StepHooks:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._depth = 0
         self._exc_at_begin: BaseException | None = None
+        # Open layer entries, innermost last, on top of a base: ROOT inside a step, OUTSIDE between.
+        self._stack: list[int] = [OUTSIDE]
 
     @property
     def attached(self) -> bool:
         return bool(self._handles)
 
+    def module_entries(self) -> list[tuple[nn.Module, list[tuple[int, int]]]]:
+        """Each distinct module with its (entry index, parent code) pairs, in layer order."""
+        by_id: dict[int, tuple[nn.Module, list[tuple[int, int]]]] = {}
+        for i, layer in enumerate(self.layers):
+            parent = ROOT if layer.parent is None else layer.parent
+            _, cands = by_id.setdefault(id(layer.module), (layer.module, []))
+            if all(p != parent for _, p in cands):  # the same module twice under one parent: first wins
+                cands.append((i, parent))
+        return list(by_id.values())
+
+    def _make_hooks(self, cands: list[tuple[int, int]]) -> tuple[Callable, Callable]:
+        stack = self._stack
+        push, pop = stack.append, stack.pop
+        start, stop = self.timer.start, self.timer.stop
+        nest = getattr(self.timer, "nest", _no_nest)
+        first = cands[0][0]
+        if len(cands) == 1:
+            # Default arguments are fast locals: the hot path is one compare, one append, one timer call.
+            def pre(m, a, _i=first, _p=cands[0][1], _s=stack, _push=push, _start=start,
+                    _out=OUTSIDE, _nested=NESTED, _nest=nest):
+                top = _s[-1]
+                if top == _p:
+                    _push(_i)
+                    _start(_i)
+                elif top == _out:
+                    _push(_out)
+                else:
+                    _push(_nested)
+                    _nest(_i)
+        else:
+            by_parent = {p: i for i, p in cands}
+
+            def pre(m, a, _first=first, _get=by_parent.get, _s=stack, _push=push, _start=start,
+                    _out=OUTSIDE, _nested=NESTED, _nest=nest):
+                top = _s[-1]
+                i = _get(top)
+                if i is not None:
+                    _push(i)
+                    _start(i)
+                elif top == _out:
+                    _push(_out)
+                else:
+                    _push(_nested)
+                    _nest(_first)
+
+        def post(m, a, o, _pop=pop, _push=push, _s=stack, _stop=stop):
+            k = _pop()
+            if k >= 0:
+                _stop(k)
+            elif not _s:  # popped the base (a call left open by a step that raised): put it back
+                _push(k)
+
+        return pre, post
+
     def attach(self) -> "StepHooks":
         if self._handles:
             return self
+        self._stack[:] = [OUTSIDE]
         try:
             self._handles.append(self.model.register_forward_pre_hook(
                 self._root_pre, prepend=True, with_kwargs=True))
-            for i, layer in enumerate(self.layers):
-                start, stop = self.timer.start, self.timer.stop
-                # Default arguments bind i now and keep the hooks to one call each.
-                self._handles.append(layer.module.register_forward_pre_hook(lambda m, a, _i=i, _f=start: _f(_i)))
-                self._handles.append(layer.module.register_forward_hook(lambda m, a, o, _i=i, _f=stop: _f(_i)))
+            for module, cands in self.module_entries():
+                pre, post = self._make_hooks(cands)
+                self._handles.append(module.register_forward_pre_hook(pre))
+                self._handles.append(module.register_forward_hook(post))
             self._handles.append(self.model.register_forward_hook(self._root_post, always_call=True))
         except BaseException:
             self.detach()
@@ -142,12 +221,14 @@ class StepHooks:
             handle.remove()
         self._handles = []
         self._depth = 0
+        self._stack[:] = [OUTSIDE]
 
     def _root_pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self._depth += 1
         if self._depth == 1:  # a model that calls itself (rare) is still one step
             # A model run inside the caller's own `except` block sees that exception all along.
             self._exc_at_begin = sys.exc_info()[1]
+            self._stack[:] = [ROOT]
             self.on_step_begin(args, kwargs)
 
     def _root_post(self, module: nn.Module, args: tuple, output: Any) -> None:
@@ -157,6 +238,7 @@ class StepHooks:
             # that step is cut short and is dropped rather than recorded with partial times.
             exc = sys.exc_info()[1]
             self._exc_at_begin, begun_with = None, self._exc_at_begin
+            self._stack[:] = [OUTSIDE]  # also drops entries a raising forward left open
             self.on_step_end(exc is not None and exc is not begun_with)
 
     def __enter__(self) -> "StepHooks":

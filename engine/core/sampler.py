@@ -19,13 +19,14 @@ import platform
 import threading
 from collections import deque
 from time import perf_counter_ns
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import psutil
 
 from llm_moments.engine.core.nvml import NvmlDevice, NvmlUnavailable, open_device
 
 __all__ = [
+    "ClockSource",
     "NvmlClockSource",
     "CpuClockSource",
     "UnavailableClockSource",
@@ -47,6 +48,32 @@ _CPU_SLOW_KEYS = ("cpu_util_pct", "process_cpu_pct")
 
 
 # -- sources -------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class ClockSource(Protocol):
+    """What the sampler reads: NVML on a GPU, the CPU clock on CPU, or nothing (``unavailable``)."""
+
+    name: str  # recorded as the clock's source: "nvml", "cpufreq", "cpu-nominal", "unavailable"
+
+    def info(self) -> dict[str, Any]:
+        """Static facts read once: device name, max clocks (MHz), how the clock is known."""
+        ...
+
+    def read_fast(self) -> dict[str, Any]:
+        """Cheap fields read every tick: ``clock_mhz`` (used for cycles) and related clocks. Never raises."""
+        ...
+
+    def read_slow(self) -> dict[str, Any]:
+        """Fields read at the utilization rate: utilization %, power W, temperature C. Never raises."""
+        ...
+
+    @property
+    def status(self) -> str | None:
+        """One line on why the source is degraded (GPU lost, no clock), else None."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class NvmlClockSource:
@@ -230,7 +257,7 @@ def _cuda_uuid(index: int) -> str | None:
     return text if text.startswith(("GPU-", "MIG-")) else f"GPU-{text}"
 
 
-def make_clock_source(device: str) -> Any:
+def make_clock_source(device: str) -> ClockSource:
     """A clock source for ``device`` ("cpu", "cuda", "cuda:N"). Never raises.
 
     On CUDA the NVML device is found by the CUDA device's UUID when torch reports one (indices
@@ -279,7 +306,7 @@ class Sampler:
 
     def __init__(
         self,
-        source: Any,
+        source: ClockSource,
         clock_hz: float = 10.0,
         util_hz: float = 5.0,
         on_sample: Callable[[dict[str, Any]], None] | None = None,

@@ -4,6 +4,11 @@ The hot path (``start``/``stop``, called from forward hooks) only records: a clo
 event record on the current stream on GPU. Nothing synchronizes there. ``end_step`` hands back a
 pending step; ``resolve`` turns it into times, later and on another thread if the caller likes — on
 GPU it waits for that step's last event, never for the device as a whole.
+
+A layer may run several times in a step (a module called twice, a shared module): every call is
+timed on its own (one ``start``/``stop`` pair, one event pair on GPU) and a moment is the sum of its
+calls, with the count beside it. ``nest`` counts a call that the hooks attributed to no entry (its
+time is inside the enclosing layer's); it is host-side bookkeeping only.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ class ResolvedStep:
     layer_ns: list[float]   # summed span of each layer's calls in the step (0.0 where calls == 0)
     calls: list[int]        # how many times each layer ran in the step
     start_ns: list[float] | None = None  # first call's start, from the step's start (traces nest by it)
+    nested: list[int] | None = None      # calls counted to no entry (time inside another layer); None: none
 
 
 class CpuTimer:
@@ -35,12 +41,14 @@ class CpuTimer:
         self._acc = [0] * n_layers
         self._calls = [0] * n_layers
         self._first = [0] * n_layers
+        self._nested: list[int] | None = None
         self._t0 = 0
 
     def begin_step(self) -> None:
         n = self.n_layers
         self._acc[:] = [0] * n
         self._calls[:] = [0] * n
+        self._nested = None
         self._t0 = time.perf_counter_ns()
 
     def start(self, i: int) -> None:
@@ -52,11 +60,16 @@ class CpuTimer:
             self._first[i] = self._start[i]
         self._calls[i] += 1
 
+    def nest(self, i: int) -> None:
+        if self._nested is None:
+            self._nested = [0] * self.n_layers
+        self._nested[i] += 1
+
     def end_step(self) -> ResolvedStep:
         t0 = self._t0
         wall = time.perf_counter_ns() - t0
         starts = [float(f - t0) if c else float("nan") for f, c in zip(self._first, self._calls)]
-        return ResolvedStep(wall, [float(x) for x in self._acc], self._calls[:], starts)
+        return ResolvedStep(wall, [float(x) for x in self._acc], self._calls[:], starts, self._nested)
 
     def resolve(self, pending: ResolvedStep) -> ResolvedStep:
         return pending
@@ -75,6 +88,7 @@ class _EventFrame:
         self.cursor = 0
         self.open: list[torch.cuda.Event | None] = [None] * n_layers
         self.spans: list[tuple[int, torch.cuda.Event, torch.cuda.Event]] = []
+        self.nested: list[int] | None = None
 
     def take(self) -> torch.cuda.Event:
         if self.cursor == len(self.events):
@@ -87,10 +101,14 @@ class _EventFrame:
     def reset(self) -> None:
         self.cursor = 0
         self.spans = []
+        self.nested = None
 
 
 class CudaTimer:
     """Device timer: a pair of CUDA events per layer call, recorded on the current stream.
+
+    A layer called several times in a step leaves several spans; ``resolve`` sums them and counts
+    them (the hooks never open an entry twice at once, so ``open[i]`` holds at most one event).
 
     Frames of events cycle through a free list: a step's frame returns to the list once resolved,
     so a resolver that lags a few steps behind costs a few more frames, never a sync in a hook.
@@ -136,6 +154,12 @@ class CudaTimer:
             frame.spans.append((i, begin, ev))
             frame.open[i] = None
 
+    def nest(self, i: int) -> None:
+        frame = self._frame
+        if frame.nested is None:
+            frame.nested = [0] * self.n_layers
+        frame.nested[i] += 1
+
     def end_step(self) -> _EventFrame:
         frame = self._frame
         frame.step_end.record(self._stream)
@@ -154,9 +178,10 @@ class CudaTimer:
                 starts[i] = frame.step_start.elapsed_time(a) * 1e6
             calls[i] += 1
         wall_ns = int(frame.step_start.elapsed_time(frame.step_end) * 1e6)
+        nested = frame.nested
         frame.reset()
         self._free.append(frame)
-        return ResolvedStep(wall_ns, acc, calls, starts)
+        return ResolvedStep(wall_ns, acc, calls, starts, nested)
 
     def discard(self, frame: _EventFrame) -> None:
         frame.reset()

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from llm_moments import __version__
+from llm_moments.engine import __version__
 from llm_moments.engine.errors import MomentsError
 from llm_moments.engine.core.hooks import StepHooks, find_layers
 from llm_moments.engine.core.recording import SCHEMA, Recorder
@@ -177,6 +177,7 @@ class Monitor:
         self.steps_without_hooks = 0
         self.started = self.stopped = False
         self.footer: dict[str, Any] | None = None
+        self._nested_seen: set[int] = set()  # layers already reported as running inside others
 
     # -- life cycle -------------------------------------------------------------------------------
     def add_listener(self, fn: Listener) -> None:
@@ -331,12 +332,17 @@ class Monitor:
             cycles = [None if ms is None else int(ms * clock_mhz * 1e3) for ms in layer_ms]
         else:
             cycles = [None] * len(layer_ms)
+        # Top-level entries never overlap (hooks.py: a call counts to the entry whose parent is open),
+        # so their sum is the covered part of the step.
         covered = sum(ms for ms, l in zip(layer_ms, self.layers) if ms is not None and l.parent is None)
-        return {
+        nested = done.nested
+        if nested is not None:
+            self._note_nested(index, nested)
+        record = {
             "type": "step", "index": index, "kind": kind, "t_ns": t0, "wall_ms": round(wall_ms, 5),
             "host_ms": round((t1 - t0) / 1e6, 5), "tokens": batch * seq, "batch": batch, "seq_len": seq,
             "past_len": past_len,
-            "layer_ms": layer_ms, "layer_cycles": cycles,
+            "layer_ms": layer_ms, "layer_cycles": cycles, "layer_calls": list(done.calls),
             "layer_start_ms": [None if ms is None or st != st else round(st / 1e6, 5)
                                for ms, st in zip(layer_ms, done.start_ns or [float("nan")] * len(layer_ms))],
             "clock_mhz": None if clock_mhz is None else round(clock_mhz, 1),
@@ -346,6 +352,20 @@ class Monitor:
             "throttle_reasons": throttle,
             "hooks_fired": fired,
         }
+        if nested is not None:  # only in steps where some call ran inside a layer that is not its parent
+            record["layer_nested_calls"] = list(nested)
+        return record
+
+    def _note_nested(self, index: int, nested: list[int]) -> None:
+        """Say once per layer that its calls ran inside other layers (their time is in those moments)."""
+        new = [i for i, n in enumerate(nested) if n and i not in self._nested_seen]
+        if not new:
+            return
+        self._nested_seen.update(new)
+        names = ", ".join(f"{self.layers[i].name} ({nested[i]}×)" for i in new[:5])
+        more = f" and {len(new) - 5} more" if len(new) > 5 else ""
+        self._status(f"calls ran inside other layers in step {index}: {names}{more}; their time counts "
+                     "to the layer they ran in (layer_nested_calls)", level="info")
 
     def _switch_recorder(self, recorder: Recorder | None) -> None:
         """Worker side of start/stop_recording: close the old file with a footer, open the new one."""
@@ -417,6 +437,10 @@ class Monitor:
             "clock": {"source": getattr(source, "name", "unavailable"), **clock_info},
             "timer": "cuda-events" if self.timer.kind == "cuda" else "perf_counter",
             "depth": self.depth,
+            # How calls become moments (hooks.py): each call counts to the entry whose parent is the
+            # innermost open entry; other calls are nested (layer_nested_calls), their time in the
+            # enclosing layer's moment. Top-level moments never overlap; Σ children ≤ parent.
+            "attribution": "enclosing",
             "sample_hz": self.sample_hz, "util_hz": self.util_hz,
             "record_text": self.record_text,
             "run": self.run_info,
