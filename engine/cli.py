@@ -13,80 +13,21 @@ import sys
 import threading
 from typing import Any, Callable, Sequence
 
-from llm_moments import __version__
+from llm_moments.engine import __version__
 from llm_moments.engine.errors import MomentsError
+# The run options live with the session set-up (one definition: the live child's argv is derived from it).
+from llm_moments.engine.session.setup import add_run_options, non_negative_int, positive_int, rate_hz  # noqa: F401
 
 EPILOG = """\
 A step is one forward of the model (a prefill, one decode token, or one encoder batch); a moment is
 one layer's time inside a step; cycles = moment time x the clock the processor ran at (GPU SM clock
 from NVML; on CPU the CPU clock, labelled nominal when that is all the OS tells).
+
+Exit status: 0 done; 1 the model failed; 2 a usage or input error; 3 the session ran but a write
+error (disk full, EIO) stopped its recording, which keeps every step before the error; 130
+interrupted (SIGINT, SIGTERM, SIGHUP, or the terminal went away): the recording ends with an
+"interrupted" footer and the summary covers the steps before it.
 """
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
-
-
-def rate_hz(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-
-
-def add_run_options(p: argparse.ArgumentParser) -> None:
-    from llm_moments.engine.session.presets import PRESETS  # torch-free: --help stays instant
-
-    presets = "; ".join(f"{k}: {v['about']}" for k, v in PRESETS.items())
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default="minilm", metavar="NAME|DIR|ORG/ID",
-                   help=f"preset, local Hugging Face model directory, or Hub id already in the local cache "
-                        f"(never downloaded). Presets: {presets}. Default: minilm")
-    g.add_argument("--device", default="auto", help="auto (first CUDA GPU, else CPU), cpu, cuda or cuda:N")
-    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
-                   help="weights' dtype; auto: float32 on CPU, bfloat16 (or float16) on GPU")
-    g.add_argument("--trust-remote-code", action="store_true",
-                   help="allow a model directory's own Python code to run (off by default)")
-    g.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's)")
-    g = p.add_argument_group("inputs")
-    g.add_argument("--inputs", default=None, metavar="FILE",
-                   help="one text per line, or JSON Lines with a \"text\" field; - for stdin. "
-                        "Default: built-in sample texts, looped")
-    g.add_argument("--batch-size", type=positive_int, default=1, help="texts per step (default 1)")
-    g.add_argument("--max-new-tokens", type=positive_int, default=32,
-                   help="decoders: tokens generated per batch, each a decode step after the prefill (default 32)")
-    g = p.add_argument_group("measurement")
-    g.add_argument("--depth", default="blocks", choices=["blocks", "sublayers", "leaves"],
-                   help="blocks: embeddings, each transformer block, final norm/head (default); "
-                        "sublayers: also attention, MLP and norms inside blocks; leaves: every leaf module")
-    g.add_argument("--steps", type=positive_int, default=None,
-                   help="stop after this many steps (a batch is finished first). Headless default 64; "
-                        "live: until you quit")
-    g.add_argument("--warmup", type=non_negative_int, default=1,
-                   help="batches run before measuring, unhooked (default 1)")
-    g.add_argument("--sample-hz", type=rate_hz, default=10.0, help="clock samples per second, at most 20 (default 10)")
-    g.add_argument("--util-hz", type=rate_hz, default=5.0, help="utilization samples per second, at most 10 (default 5)")
-    g.add_argument("--no-calibrate", action="store_true",
-                   help="skip the roofline calibration (a matmul and a copy, ~2 s, cached per device)")
-    g = p.add_argument_group("recording")
-    g.add_argument("--record", default=None, metavar="FILE", help="write the session to FILE (JSON Lines, moments/1)")
-    g.add_argument("--no-text", action="store_true", help="keep prompts and generated text out of the recording")
 
 
 def build_parser(prog: str = "moments", headless_only: bool = True) -> tuple[argparse.ArgumentParser, Any]:
@@ -180,17 +121,20 @@ def _write_out(text: str, output: str | None) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from llm_moments.engine.analysis.report import analyze
     from llm_moments.engine.output.text import render_json, render_text
-    from llm_moments.engine.analysis.stats import summarize_recording
 
     rec = _load(args.file)
+    data = analyze(rec)
     if args.format in ("md", "html"):
-        from llm_moments.engine.output.report_doc import render_html, render_markdown
+        from llm_moments.engine.output.html import render_html
+        from llm_moments.engine.output.markdown import render_markdown
 
-        out = (render_html if args.format == "html" else render_markdown)(rec)
+        out = (render_html if args.format == "html" else render_markdown)(rec, data)
+    elif args.format == "json":
+        out = render_json(data.summary, rec.header, outliers=data.outliers)
     else:
-        summary = summarize_recording(rec.header, rec.steps)
-        out = render_json(summary, rec.header) if args.format == "json" else render_text(summary, rec.header)
+        out = render_text(data.summary, rec.header, outliers=(data.outliers, data.outliers_total))
     _write_out(out, getattr(args, "output", None))
     return 0
 
@@ -219,7 +163,63 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+EXIT_INTERRUPTED = 130      # a signal (SIGINT, SIGTERM, SIGHUP) ended the session; the footer says so
+EXIT_RECORDING_LOST = 3     # the session ran, but a write error (disk full, EIO) stopped its recording
+
+
+class _Interrupts:
+    """SIGINT, SIGTERM and SIGHUP all end a headless session the same controlled way.
+
+    While the model loads, the first one raises KeyboardInterrupt (nothing is recorded yet). Once the
+    session runs, it only sets ``stop``: the runner stops after the current step (a generate() call
+    stops at its next token), the footer says ``interrupted`` and the summary is printed. Any signal
+    after the first is ignored, so a second Ctrl+C or a SIGTERM right behind a SIGHUP cannot cut the
+    footer off. Handlers can only be set from the main thread; elsewhere this does nothing.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.signum: int | None = None
+        self.running = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_Interrupts":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        first = self.signum is None
+        if first:
+            self.signum = signum
+        self.stop.set()
+        if first and not self.running:
+            raise KeyboardInterrupt
+
+
+def _quietly(write: Callable[[], Any]) -> None:
+    """Terminal output after a hang-up or into a closed pipe fails: the session's end must not."""
+    try:
+        write()
+    except (OSError, ValueError):
+        pass
+
+
 def cmd_run_headless(args: argparse.Namespace) -> int:
+    """Exit status: 0; 130 when a signal ended the session; 3 when a write error stopped the
+    recording (the session carried on to the end); 1 when the model failed; 2 on a user error."""
+    with _Interrupts() as interrupts:
+        return _run_headless(args, interrupts)
+
+
+def _run_headless(args: argparse.Namespace, interrupts: _Interrupts) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -241,43 +241,43 @@ def cmd_run_headless(args: argparse.Namespace) -> int:
     def on_record(record: dict) -> None:
         if record.get("type") == "step":
             progress.advance(task)
-        elif record.get("type") == "status":
-            progress.console.print(f"[yellow]moments: {record['message']}[/]")
+        elif record.get("type") == "status":  # one line each, never wrapped, never read as markup
+            progress.console.print(f"moments: {record['message']}", style="yellow", markup=False,
+                                   highlight=False, soft_wrap=True)
 
+    interrupts.running = True  # from here a signal stops the session at the next step
     monitor = make_monitor(args, loaded, [on_record])
     reason, code, failure = "completed", 0, None
-    # SIGTERM ends the session like Ctrl+C: the footer is written and the summary printed.
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if threading.current_thread() is threading.main_thread() else None
     try:
         with progress:
             monitor.start()
             stream(loaded, texts, monitor, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                   steps=steps)
+                   steps=steps, stop=interrupts.stop)
     except KeyboardInterrupt:
-        reason, code = "interrupted", 130
+        reason, code = "interrupted", EXIT_INTERRUPTED
     except MomentsError:
         monitor.stop("error")
         raise
     except Exception as exc:
-        reason, code, failure = "error", 1, f"{type(exc).__name__}: {exc}"
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        if not (isinstance(exc, OSError) and interrupts.signum is not None):  # else: the progress bar
+            reason, code, failure = "error", 1, f"{type(exc).__name__}: {exc}"  # on a terminal that hung up
+    if interrupts.signum is not None and reason == "completed":
+        reason, code = "interrupted", EXIT_INTERRUPTED
     monitor.stop(reason, error=failure)
     summary = monitor.summary()
-    sys.stdout.write(render_json(summary, monitor.header) if args.format == "json"
-                     else render_text(summary, monitor.header))
-    if args.record:
-        err.print(f"recorded {monitor.steps_recorded} steps to {args.record}")
+    _quietly(lambda: sys.stdout.write(render_json(summary, monitor.header) if args.format == "json"
+                                      else render_text(summary, monitor.header)))
+    _quietly(sys.stdout.flush)
+    recorder = monitor.recorder
+    if recorder is not None and not monitor.recording_lost:
+        _quietly(lambda: print(f"recorded {recorder.steps_on_disk} steps to {recorder.path}", file=sys.stderr))
     if failure:
         return error(f"the model failed during the session: {failure} (the recording is kept)", 1)
     if reason == "interrupted":
-        print("moments: interrupted; the summary covers the steps before it", file=sys.stderr)
+        _quietly(lambda: print("moments: interrupted; the summary covers the steps before it", file=sys.stderr))
+    if monitor.recording_lost and code == 0:  # its one line was printed when it happened
+        code = EXIT_RECORDING_LOST
     return code
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,7 +11,8 @@ import pytest
 
 from llm_moments.engine.errors import MomentsError
 from llm_moments.engine.session.inputs import SAMPLE_TEXTS, batches, read_texts
-from llm_moments.engine.output.text import fmt_cycles, fmt_ms, render_json, render_text, share_bar
+from llm_moments.engine.output.text import render_json, render_text
+from llm_moments.engine.output.units import fmt_cycles, fmt_ms, share_bar
 from llm_moments.engine.analysis.stats import summarize
 
 # -- inputs --------------------------------------------------------------------------------------------

@@ -18,7 +18,9 @@ from torch import nn
 from conftest import Block, FakeClock, generate
 from llm_moments.engine.session.monitor import Monitor
 from llm_moments.engine.core.recording import load
-from llm_moments.engine.output.report_doc import HEATMAP_STEPS, render_html, render_markdown
+from llm_moments.engine.output.html import render_html
+from llm_moments.engine.output.markdown import render_markdown
+from llm_moments.engine.output.svg import HEATMAP_STEPS
 
 ROOF = {"peak_flops": 2.0e10, "peak_bytes_per_s": 8.0e9, "source": "test"}
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
@@ -214,7 +216,7 @@ def test_html_escapes_names_and_says_when_there_is_no_roofline(odd_path):
     p = parse(page)
     assert "&lt;b&gt;&amp;head" in page and "<b>&head" not in page
     assert len(p.svgs) == 3  # no roofline picture
-    assert "No roofline: the recording&#x27;s header has no roof" in page
+    assert "No roofline: the recording&#39;s header has no roof" in page  # escaped (Jinja2 autoescape)
     assert len(tags(p.svgs[2], "rect", "cell")) == 4 * 20  # embed, 2 blocks, the odd head × 20 steps
 
 

@@ -60,3 +60,16 @@ def test_print_of_the_summary_is_the_cli_table(plain_net, capsys):
     assert printed == render_text(summary, mon.header) + "\n"
     assert printed.splitlines()[0].strip()  # the header line (model, device, clock) comes first
     assert "PlainNet" in printed.splitlines()[0]
+
+
+def test_the_cpu_timer_satisfies_the_timer_protocol():
+    from llm_moments.engine.core.timing import CpuTimer, Timer, make_timer
+
+    timer = make_timer(3, "cpu")
+    assert isinstance(timer, Timer) and isinstance(timer, CpuTimer)
+    timer.begin_step()
+    timer.start(1)
+    timer.stop(1)
+    timer.nest(2)
+    done = timer.resolve(timer.end_step())
+    assert done.calls == [0, 1, 0] and done.nested == [0, 0, 1] and done.layer_ns[1] > 0

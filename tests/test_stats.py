@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from llm_moments.engine.analysis.stats import RollingStats, robust_outliers, summarize, summarize_recording
+from llm_moments.engine.analysis.outliers import OutlierDetector, robust_outliers
+from llm_moments.engine.analysis.stats import RollingStats, summarize, summarize_recording
+from llm_moments.engine.analysis.steptable import StepTable
 
 NAN = float("nan")
 NAMES = ["a", "b", "a.x"]
@@ -159,11 +161,16 @@ def test_robust_outliers_ignores_missing_layers_and_tiny_excesses():
     assert list(robust_outliers(history, newest)) == [False, False, False]
 
 
-def test_rolling_outliers_need_history():
-    stats = RollingStats(["a"], [None], window_steps=64)
-    stats.extend({"kind": "decode", "wall_ms": 1.0, "layer_ms": [1.0], "layer_cycles": [None]} for _ in range(10))
-    stats.add({"kind": "decode", "wall_ms": 9.0, "layer_ms": [9.0], "layer_cycles": [None]})
-    assert not stats.outliers().any()  # 10 steps of history: too few to judge
-    stats.extend({"kind": "decode", "wall_ms": 1.0, "layer_ms": [1.0], "layer_cycles": [None]} for _ in range(20))
-    stats.add({"kind": "decode", "wall_ms": 9.0, "layer_ms": [9.0], "layer_cycles": [None]})
-    assert list(stats.outliers()) == [True]
+def test_the_detector_needs_history():
+    detector = OutlierDetector(["a"])
+    flat = {"kind": "decode", "wall_ms": 1.0, "layer_ms": [1.0], "layer_cycles": [None]}
+    slow = {"kind": "decode", "wall_ms": 9.0, "layer_ms": [9.0], "layer_cycles": [None]}
+
+    def push(steps):
+        table = StepTable(["a"], [None])
+        table.extend(steps)
+        return detector.push(table)
+
+    assert push([flat] * 10 + [slow]) == []  # 10 steps of history: too few to judge
+    found = push([flat] * 20 + [slow])
+    assert [(o["layer"], o["ms"]) for o in found] == [("a", 9.0)]

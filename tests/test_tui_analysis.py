@@ -60,7 +60,7 @@ def test_f_opens_the_roofline_with_one_labelled_point_per_top_level_layer():
                 if parent is None:
                     assert name[-20:] in legend
             title = str(app.screen.query_one("#title", Static).visual)
-            assert "1 TFLOP/s" in title and "100 GB/s" in title
+            assert "1.00 TFLOP/s" in title and "100 GB/s" in title  # units.si: three significant digits
             plot = str(app.screen.query_one("#plot", Static).visual)
             assert "A" in plot and "╱" in plot             # a point, and the memory roof
             await pilot.press("escape")

@@ -26,8 +26,10 @@ from llm_moments import Monitor
 from llm_moments.engine.core import roof as roof_mod
 from llm_moments.engine.core.hooks import find_layers
 from llm_moments.engine.core.recording import load
-from llm_moments.engine.core.roof import datasheet, machine_roof, place
-from llm_moments.engine.core.work import LayerWork, flop_counter_total, header_coeffs, layer_work, module_work, step_work
+from llm_moments.engine.analysis.roofline import place
+from llm_moments.engine.core.roof import datasheet, machine_roof
+from llm_moments.engine.core.work import LayerWork, header_coeffs, step_work
+from llm_moments.engine.core.work_model import flop_counter_total, layer_work, module_work
 
 F32 = 4  # bytes
 
@@ -466,14 +468,16 @@ def test_steps_of_a_generate_run_carry_past_len_and_growing_attention_work(tiny_
         generate(tiny_gpt2, ids(2, 5, 64), 4)
     rec = load(path)
     assert rec.header["roof"] == roof
-    assert rec.header["work"]["columns"] == ["a", "b", "w", "c", "d", "last_only"]
+    assert rec.header["work"]["columns"] == ["a", "b", "w", "c", "d", "last_only", "head", "cache_layer"]
     coeffs = header_coeffs(rec.header)
-    assert coeffs.shape == (len(rec.header["layers"]), 6)
+    assert coeffs.shape == (len(rec.header["layers"]), 8)
     np.testing.assert_array_equal(coeffs, coeffs_of(*layer_work(tiny_gpt2, mon.layers, generative=True)))
     steps = rec.steps
     assert [s["kind"] for s in steps] == ["prefill", "decode", "decode", "decode"]
     assert [s["past_len"] for s in steps] == [0, 5, 6, 7]
     assert [(s["batch"], s["seq_len"]) for s in steps] == [(2, 5), (2, 1), (2, 1), (2, 1)]
+    assert [s["kv_len"] for s in steps] == [5, 6, 7, 8]         # keys attention spans: past + new
+    assert [s["head_tokens"] for s in steps] == [[2]] * 4      # generate() asks the last logits only
     names = rec.layer_names
     attn = [names.index(f"transformer.h.{i}.attn") for i in range(2)]
     mlp = names.index("transformer.h.0.mlp")
@@ -489,3 +493,41 @@ def test_steps_of_a_generate_run_carry_past_len_and_growing_attention_work(tiny_
     prefill_flops = work[0][0]
     assert prefill_flops[attn[0]] == GPT2_ATTN_A * 10 + 4 * 32 * 10 * 5
     assert prefill_flops[names.index("lm_head")] == 2 * 32 * 64 * 2  # generate() keeps the last logits only
+
+
+# -- the recorded inputs: head positions and attended keys ---------------------------------------------
+
+
+def test_header_coeffs_pads_six_column_recordings():
+    old = {"work": {"columns": ["a", "b", "w", "c", "d", "last_only"],
+                    "layers": [[1, 2, 3, 4, 5, 0], [6, 0, 0, 0, 0, 1]]}}
+    coeffs = header_coeffs(old)
+    assert coeffs.shape == (2, 8) and (coeffs[:, 6:] == -1).all()
+    assert header_coeffs({"work": {"layers": [[1, 2]]}}) is None and header_coeffs({}) is None
+    # an old recording's prefill keeps the old rule: the last_only head computes one position per sequence
+    f, _ = step_work(coeffs, {"kind": "prefill", "batch": 2, "seq_len": 5, "past_len": 0, "kv_len": 99})
+    assert f[1] == 6 * 2 and f[0] == 1 * 10 + 2 * 10 * 5  # kv_len needs a cache_layer column: ignored
+
+
+def test_step_work_from_head_tokens_and_kv_len():
+    block0 = LayerWork(a=10.0, b=1.0, d=2.0, cache_layer=0)
+    block1 = LayerWork(a=10.0, b=1.0, d=2.0, cache_layer=1)
+    norm = LayerWork(a=5.0)
+    head = LayerWork(a=100.0, last_only=True, head=0)
+    pooler = LayerWork(a=7.0, head=1)
+    coeffs = coeffs_of(block0, block1, norm, head, pooler)
+    step = {"kind": "decode", "batch": 2, "seq_len": 1, "past_len": 30}
+    # a hybrid step: layer 0 spans a window of 8 keys, layer 1 all 31
+    f, b = step_work(coeffs, {**step, "kv_len": [8, 31], "head_tokens": [2, None]})
+    assert f.tolist() == [10 * 2 + 2 * 8, 10 * 2 + 2 * 31, 5 * 2, 100 * 2, 7 * 2]
+    assert b[:2].tolist() == [2 * 2 * 8, 2 * 2 * 31]
+    # one int: every attention layer; a short list or None entries fall back to past + seq
+    f, _ = step_work(coeffs, {**step, "kv_len": 64})
+    assert f[:2].tolist() == [20 + 2 * 64] * 2
+    f, _ = step_work(coeffs, {**step, "kv_len": [None]})
+    assert f[:2].tolist() == [20 + 2 * 31] * 2
+    # head positions as measured, in any kind of step; a head that did not run: the old rule
+    f, _ = step_work(coeffs, {"kind": "prefill", "batch": 2, "seq_len": 9, "head_tokens": [18, 2]})
+    assert (f[3], f[4]) == (100 * 18, 7 * 2)
+    f, _ = step_work(coeffs, {"kind": "prefill", "batch": 2, "seq_len": 9, "head_tokens": [None, None]})
+    assert (f[3], f[4]) == (100 * 2, 7 * 18)

@@ -8,22 +8,12 @@ from typing import Sequence
 import numpy as np
 from textual.color import Color
 
-from llm_moments.engine.output.text import bar, fmt3, fmt_cycles, fmt_ms  # one formatting of units for CLI and UI
+# the one set of unit formatters (engine/output/units.py), re-exported for the widgets
+from llm_moments.engine.output.units import bar, fmt3, fmt_cycles, fmt_mhz, fmt_ms, na, si
 
-__all__ = ["fmt_ms", "fmt_cycles", "fmt_mhz", "spark", "bar", "ramp", "na"]
+__all__ = ["fmt_ms", "fmt3", "fmt_cycles", "fmt_mhz", "na", "si", "spark", "bar", "ramp", "chart", "palette"]
 
 SPARK = "▁▂▃▄▅▆▇█"
-
-
-def na(value: float | None, fmt: str = "{:.0f}", unit: str = "") -> str:
-    """A value with its unit, or "n/a" when the device does not report it."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return fmt.format(value) + unit
-
-
-def fmt_mhz(mhz: float | None) -> str:
-    return na(mhz, "{:.0f}", " MHz")
 
 
 def spark(values: Sequence[float] | np.ndarray, width: int, lo: float | None = None,
@@ -96,5 +86,3 @@ def chart(values: Sequence[float] | np.ndarray, width: int, height: int, hi: flo
         rows.append("".join(line).rjust(width))
     return rows
 
-
-ms3 = fmt3  # milliseconds in compact panels

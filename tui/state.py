@@ -15,8 +15,10 @@ from typing import Any, Iterable
 import numpy as np
 
 from llm_moments.engine.analysis.stats import KINDS, RollingStats, layer_arrays
+from llm_moments.engine.analysis.steptable import StepTable
+from llm_moments.engine.core.work import header_coeffs
 
-from .analysis import OutlierLog, WorkTracker
+from .analysis import LiveWork, OutlierLog
 
 SORT_KEYS = ("order", "last", "mean", "p50", "p99", "cycles", "share", "flops", "roof")
 STATS_WINDOW_STEPS = 256      # percentiles in the live table: recent behaviour, cheap to compute
@@ -60,7 +62,7 @@ class ViewState:
     step_meta: collections.deque = field(default_factory=lambda: collections.deque(maxlen=HISTORY_STEPS))
     statuses: list[Status] = field(default_factory=list)
     footer: dict[str, Any] | None = None
-    work: WorkTracker | None = None
+    work: LiveWork | None = None
     outlier_log: OutlierLog | None = None
     paused: bool = False
     recording_path: str | None = None
@@ -74,12 +76,14 @@ class ViewState:
     error: str | None = None               # the engine stopped with this message
     source_note: str | None = None         # e.g. "writer idle for 12 s", "file cut off"
     version: int = 0                       # bumps on every change: widgets skip identical frames
+    _pending: list = field(default_factory=list)   # steps of this batch, converted together
 
     # -- reducer ----------------------------------------------------------------------------------
     def reset(self) -> None:
         """Forget all steps and samples (a replay seeks backwards); keeps header and settings."""
         if self.header is not None:
             self._new_stats(self.header)
+        self._pending.clear()
         self.samples.clear()
         self.step_meta.clear()
         self.steps_total = self.tokens_total = self.steps_without_timing = 0
@@ -98,6 +102,7 @@ class ViewState:
             elif rtype == "sample":
                 self.samples.append(record)
             elif rtype == "header":
+                self._flush()
                 self.header = record
                 self.loading = None
                 self._new_stats(record)
@@ -106,6 +111,7 @@ class ViewState:
             elif rtype == "footer":
                 self.footer = record
             elif rtype == "reset":
+                self._pending.clear()
                 self.reset()
             elif rtype == "loading":
                 self.loading = record.get("message")
@@ -114,21 +120,33 @@ class ViewState:
                 self.statuses.append(Status("error", self.error or "engine error"))
             elif rtype == "recording":
                 self.recording_path = record.get("path")
+        self._flush()
         if n:
             self.version += 1
         return n
 
+    def _flush(self) -> None:
+        """The batch's steps into the rolling window and the outlier log: one conversion per batch."""
+        if not self._pending or self.stats is None:
+            self._pending.clear()
+            return
+        chunk = StepTable(self.stats.layer_names, self.stats.parents, self.stats.window.coeffs)
+        chunk.extend(self._pending)
+        self._pending.clear()
+        self.stats.window.extend_table(chunk)
+        self.outlier_log.push(chunk)
+
     def _new_stats(self, header: dict[str, Any]) -> None:
         layers = header["layers"]
-        self.stats = RollingStats([l["name"] for l in layers], [l.get("parent") for l in layers], HISTORY_STEPS)
-        self.work = WorkTracker(header, STATS_WINDOW_STEPS)
+        self.stats = RollingStats([l["name"] for l in layers], [l.get("parent") for l in layers], HISTORY_STEPS,
+                                  coeffs=header_coeffs(header))
+        self.work = LiveWork(header, self.stats, STATS_WINDOW_STEPS)
         self.outlier_log = OutlierLog(self.stats.layer_names)
 
     def _on_step(self, step: dict[str, Any]) -> None:
         if self.stats is None or len(step.get("layer_ms") or []) != self.stats.n_layers:
             return
-        self.stats.add(step)
-        self.work.add(step)
+        self._pending.append(step)
         self.step_meta.append((step.get("index"), step.get("kind"), step.get("clock_mhz"),
                                tuple(step.get("throttle_reasons") or ())))
         self.steps_total += 1
@@ -203,11 +221,9 @@ class ViewState:
         if placed is not None:
             view.flops_per_s, view.roof_pct = placed["flops_per_s"], placed["roof_pct"]
             view.memory_bound = placed["memory_bound"]
-        if self.outlier_log is not None:
-            meta = list(self.step_meta)[-len(a["layer_ms"]):]
-            self.outlier_log.update(a["layer_ms"], meta, self.stats.steps_seen)
-            # the table's "!" is the log's verdict on the newest step: one robust test per frame
-            view.outlier = self.outlier_log.newest_mask(meta[-1][0] if meta else None, len(mean))
+        if self.outlier_log is not None and self.step_meta:
+            # the table's "!" is the outlier log's verdict on the newest step (one detector for all)
+            view.outlier = self.outlier_log.newest_mask(self.step_meta[-1][0], len(mean))
         view.order = self.sort_order(view)
         return view
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from llm_moments.engine.errors import MomentsError
 from llm_moments.engine.core.recording import Recording
+from llm_moments.engine.analysis.steptable import StepTable
 
 BOOTSTRAP_RESAMPLES = 400
 
@@ -59,18 +60,15 @@ def reference_clock_mhz(rec: Recording) -> float | None:
     return clock.get("sm_clock_max_mhz") or clock.get("nominal_mhz")
 
 
-def _matrix(rec: Recording, kind: str, key: str = "layer_ms",
-            ref_mhz: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """[steps, layers] of ``key`` and the steps' wall times; with ``ref_mhz``, times are scaled to
+def _block(table: StepTable, ref_mhz: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(moments [steps, layers], cycles, the steps' wall times); with ``ref_mhz``, times are scaled to
     that clock (time × clock / reference) so runs at different boost or throttle compare fairly."""
-    steps = [s for s in rec.steps if s.get("kind") == kind and len(s.get(key) or []) == len(rec.header["layers"])]
-    m = np.array([[np.nan if v is None else v for v in s[key]] for s in steps], dtype=float)
-    wall = np.array([s["wall_ms"] for s in steps], dtype=float)
-    m = m.reshape(len(steps), len(rec.header["layers"]))
+    m, wall = table.ms, table.wall_ms
     if ref_mhz:
-        scale = np.array([(s.get("clock_mhz") or ref_mhz) / ref_mhz for s in steps], dtype=float)
+        clock = table.clock_mhz
+        scale = np.where(np.isfinite(clock), clock, ref_mhz) / ref_mhz
         m, wall = m * scale[:, None], wall * scale
-    return m, wall
+    return m, table.cycles, wall
 
 
 def ratio_interval(a: np.ndarray, b: np.ndarray, rng: np.random.Generator,
@@ -113,10 +111,8 @@ def compare(a: Recording, b: Recording, kind: str | None = None, seed: int = 0,
         ref = reference_clock_mhz(a) or reference_clock_mhz(b)
         if not ref:
             raise MomentsError("--normalize-clock: neither recording knows a reference clock")
-    ma, wa = _matrix(a, kind, ref_mhz=ref)
-    mb, wb = _matrix(b, kind, ref_mhz=ref)
-    ca, _ = _matrix(a, kind, "layer_cycles")
-    cb, _ = _matrix(b, kind, "layer_cycles")
+    ma, ca, wa = _block(StepTable.from_recording(a).of_kind(kind), ref)
+    mb, cb, wb = _block(StepTable.from_recording(b).of_kind(kind), ref)
     r, lo, hi = ratio_interval(wa, wb, rng)
     out = Diff(kind, len(wa), len(wb), float(np.median(wa)) if wa.size else np.nan,
                float(np.median(wb)) if wb.size else np.nan, (r - 1) * 100,

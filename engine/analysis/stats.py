@@ -12,116 +12,56 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from llm_moments.engine.analysis.steptable import StepTable
+
 KINDS = ("prefill", "decode", "encode")
-_KIND_CODE = {k: i for i, k in enumerate(KINDS)}
-
-
-def _nan_array(values: Sequence[float | None]) -> np.ndarray:
-    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
 
 
 class RollingStats:
-    """The last ``window_steps`` steps of one session, as arrays aligned with the header's layers."""
+    """The last ``window_steps`` steps of one session: a ring step table, summarized on demand."""
 
-    def __init__(self, layer_names: Sequence[str], parents: Sequence[int | None], window_steps: int = 8192):
-        self.layer_names = list(layer_names)
-        self.parents = list(parents)
-        self.n_layers = len(self.layer_names)
+    FIELDS = ("layer_ms", "layer_cycles", "wall_ms", "clock_mhz", "kind", "tokens", "t_ns")
+    _COLUMN = {"layer_ms": "ms", "layer_cycles": "cycles"}
+
+    def __init__(self, layer_names: Sequence[str], parents: Sequence[int | None], window_steps: int = 8192,
+                 coeffs: np.ndarray | None = None):
+        self.window = StepTable(layer_names, parents, coeffs, capacity=int(window_steps), ring=True)
+        self.layer_names = self.window.names
+        self.parents = self.window.parents
+        self.n_layers = self.window.n_layers
         self.window_steps = int(window_steps)
-        self.top_level = np.array([p is None for p in self.parents], dtype=bool)
-        self._layer_ms = np.full((self.window_steps, self.n_layers), np.nan)
-        self._cycles = np.full((self.window_steps, self.n_layers), np.nan)
-        self._wall_ms = np.full(self.window_steps, np.nan)
-        self._clock_mhz = np.full(self.window_steps, np.nan)
-        self._kind = np.full(self.window_steps, -1, dtype=np.int8)
-        self._tokens = np.zeros(self.window_steps, dtype=np.int64)
-        self._t_ns = np.zeros(self.window_steps, dtype=np.int64)
-        self.steps_seen = 0  # over the whole session, not only the window
+        self.top_level = self.window.top_level
+
+    @property
+    def steps_seen(self) -> int:
+        """Over the whole session, not only the window."""
+        return self.window.steps_seen
 
     def add(self, step: dict[str, Any]) -> None:
-        row = self.steps_seen % self.window_steps
-        self._layer_ms[row] = _nan_array(step["layer_ms"])
-        self._cycles[row] = _nan_array(step["layer_cycles"])
-        self._wall_ms[row] = step["wall_ms"]
-        clock = step.get("clock_mhz")
-        self._clock_mhz[row] = np.nan if clock is None else clock
-        self._kind[row] = _KIND_CODE.get(step.get("kind", ""), -1)
-        self._tokens[row] = step.get("tokens") or 0
-        self._t_ns[row] = step.get("t_ns") or 0
-        self.steps_seen += 1
+        self.window.append(step)
 
     def extend(self, steps: Iterable[dict[str, Any]]) -> None:
-        for step in steps:
-            self.add(step)
+        self.window.extend(steps)
 
     @property
     def n_steps(self) -> int:
         """Steps held in the window."""
-        return min(self.steps_seen, self.window_steps)
+        return len(self.window)
 
-    def _order(self, last: int | None = None) -> np.ndarray:
-        """Row indices of the window, oldest first (optionally only the ``last`` newest)."""
-        n = self.n_steps
-        if self.steps_seen <= self.window_steps:
-            idx = np.arange(n)
-        else:
-            start = self.steps_seen % self.window_steps
-            idx = (np.arange(n) + start) % self.window_steps
-        return idx if last is None else idx[max(len(idx) - last, 0):]  # idx[-0:] would be all
-
-    FIELDS = ("layer_ms", "layer_cycles", "wall_ms", "clock_mhz", "kind", "tokens", "t_ns")
+    def table(self, last: int | None = None) -> StepTable:
+        """The window (or its ``last`` newest steps) as a step table of its own, oldest first."""
+        return self.window.take(slice(0, None) if last is None else slice(max(self.n_steps - last, 0), None))
 
     def arrays(self, last: int | None = None, fields: Sequence[str] = FIELDS) -> dict[str, np.ndarray]:
         """Copies of the window in step order: layer_ms [S, L], layer_cycles, wall_ms, kind, tokens...
 
         Ask only for the ``fields`` you need: the per-layer ones are the big copies.
         """
-        idx = self._order(last)
-        source = {"layer_ms": self._layer_ms, "layer_cycles": self._cycles, "wall_ms": self._wall_ms,
-                  "clock_mhz": self._clock_mhz, "tokens": self._tokens, "t_ns": self._t_ns}
-        out = {f: source[f][idx] for f in fields if f != "kind"}
-        if "kind" in fields:
-            out["kind"] = np.array(KINDS + ("?",))[self._kind[idx]]  # -1 → "?"
-        return out
+        rows = slice(0, None) if last is None else slice(max(self.n_steps - last, 0), None)
+        return {f: np.array(self.window.column(self._COLUMN.get(f, f))[rows]) for f in fields}
 
     def summary(self) -> "Summary":
-        a = self.arrays()
-        return summarize(self.layer_names, self.parents, a["layer_ms"], a["layer_cycles"], a["wall_ms"],
-                         a["kind"], a["tokens"], steps_total=self.steps_seen)
-
-    def outliers(self, k_mad: float = 5.0, min_history: int = 16, min_excess_ms: float = 0.005,
-                 history_steps: int = 256) -> np.ndarray:
-        """Mask of layers whose newest moment is far above their own recent median (robust z by MAD)."""
-        if self.n_steps < min_history + 1:
-            return np.zeros(self.n_layers, dtype=bool)
-        idx = self._order()
-        newest_row = idx[-1]
-        same_kind = idx[:-1][self._kind[idx[:-1]] == self._kind[newest_row]][-history_steps:]
-        if len(same_kind) < min_history:  # a prefill is judged against prefills only
-            return np.zeros(self.n_layers, dtype=bool)
-        history, newest = self._layer_ms[same_kind], self._layer_ms[newest_row]
-        return robust_outliers(history, newest, k_mad=k_mad, min_excess_ms=min_excess_ms)
-
-
-def robust_outliers(history: np.ndarray, newest: np.ndarray, k_mad: float = 5.0,
-                    min_excess_ms: float = 0.005) -> np.ndarray:
-    """True where ``newest`` exceeds the column median by more than k × 1.4826 × MAD (and a floor)."""
-    med = column_median(history)
-    mad = column_median(np.abs(history - med)) * 1.4826
-    with np.errstate(invalid="ignore"):
-        excess = newest - med
-        return np.nan_to_num(excess > np.maximum(k_mad * mad, min_excess_ms), nan=False).astype(bool)
-
-
-def column_median(x: np.ndarray) -> np.ndarray:
-    """Median of each column ignoring NaN; nanmedian (~30× slower) only for columns that need it."""
-    holes = np.isnan(x).any(axis=0)
-    out = np.empty(x.shape[1])
-    if (~holes).any():
-        out[~holes] = np.median(x[:, ~holes], axis=0)
-    if holes.any():
-        out[holes] = _quiet_nan(np.nanmedian, x[:, holes], axis=0)
-    return out
+        return summarize_table(self.window, steps_total=self.steps_seen)
 
 
 @dataclass
@@ -244,15 +184,12 @@ def summarize(layer_names: Sequence[str], parents: Sequence[int | None], layer_m
                    coverage, unattributed)
 
 
+def summarize_table(table: StepTable, steps_total: int | None = None) -> Summary:
+    """Summary of every step in a step table."""
+    return summarize(table.names, table.parents, table.ms, table.cycles, table.wall_ms, table.kind, table.tokens,
+                     steps_total=steps_total)
+
+
 def summarize_recording(header: dict[str, Any], steps: list[dict[str, Any]]) -> Summary:
     """Summary of every step in a loaded recording (exact, no window)."""
-    names = [layer["name"] for layer in header["layers"]]
-    parents = [layer.get("parent") for layer in header["layers"]]
-    n = len(names)
-    steps = [s for s in steps if len(s.get("layer_ms") or []) == n]
-    layer_ms = np.array([_nan_array(s["layer_ms"]) for s in steps]).reshape(len(steps), n)
-    cycles = np.array([_nan_array(s["layer_cycles"]) for s in steps]).reshape(len(steps), n)
-    wall = np.array([s["wall_ms"] for s in steps], dtype=np.float64)
-    kinds = np.array([s.get("kind", "?") for s in steps])
-    tokens = np.array([s.get("tokens") or 0 for s in steps], dtype=np.int64)
-    return summarize(names, parents, layer_ms, cycles, wall, kinds, tokens)
+    return summarize_table(StepTable.from_steps(header, steps))

@@ -2,7 +2,8 @@
 
 Measured by a short calibration (a large matmul and a large copy, a second or two), cached per
 device in ~/.cache/llm-moments, with datasheet figures for known GPUs beside it as a cross-check.
-Each moment is then placed on the roofline: attainable = min(peak_flops, intensity × bandwidth).
+Placing moments on the roofline is analysis (engine.analysis.roofline.place): attainable =
+min(peak_flops, intensity × bandwidth).
 On a GPU the compute roof moves with the SM clock (peak × clock / max clock); bandwidth does not.
 """
 
@@ -145,25 +146,3 @@ def _valid_roof(d: Any) -> bool:
         return all(np.isfinite(float(d[k])) and float(d[k]) > 0 for k in ("peak_flops", "peak_bytes_per_s"))
     except (KeyError, TypeError, ValueError):
         return False
-
-
-def place(flops: np.ndarray, moved: np.ndarray, ms: np.ndarray, peak_flops: float | None,
-          peak_bw: float | None, clock_scale: float = 1.0) -> dict[str, np.ndarray]:
-    """Roofline numbers per layer: achieved FLOP/s and B/s, intensity, bound, % of roof, floor ms."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        seconds = ms / 1e3
-        achieved_flops = flops / seconds
-        achieved_bw = moved / seconds
-        intensity = flops / moved
-        out = {"flops_per_s": achieved_flops, "bytes_per_s": achieved_bw, "intensity": intensity}
-        if peak_flops and peak_bw:
-            compute = peak_flops * clock_scale
-            attainable = np.minimum(compute, intensity * peak_bw)
-            out["roof_pct"] = achieved_flops / attainable * 100
-            out["floor_ms"] = np.maximum(flops / compute, moved / peak_bw) * 1e3
-            out["memory_bound"] = intensity < compute / peak_bw
-        else:
-            nan = np.full(np.shape(flops), np.nan)
-            out["roof_pct"], out["floor_ms"] = nan, nan
-            out["memory_bound"] = np.zeros(np.shape(flops), dtype=bool)
-    return out

@@ -54,7 +54,9 @@ class StepRecord(TypedDict):
     host_ms: NotRequired[float]
     batch: NotRequired[int]
     seq_len: NotRequired[int]
-    past_len: NotRequired[int | None]
+    past_len: NotRequired[int | None]          # positions cached before this step; None: unknown
+    kv_len: NotRequired[int | list[int | None]]  # keys attention spans: one int, or one per cache layer
+    head_tokens: NotRequired[list[int | None]]   # positions each head computed (header work column "head")
     layer_calls: NotRequired[list[int]]        # calls counted to each entry; its moment is their sum
     layer_nested_calls: NotRequired[list[int]]  # calls that ran inside a layer not their parent (time there)
     layer_start_ms: NotRequired[list[float | None]]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import time
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -27,6 +28,42 @@ class ResolvedStep:
     calls: list[int]        # how many times each layer ran in the step
     start_ns: list[float] | None = None  # first call's start, from the step's start (traces nest by it)
     nested: list[int] | None = None      # calls counted to no entry (time inside another layer); None: none
+
+
+@runtime_checkable
+class Timer(Protocol):
+    """The one timer interface the hooks and the monitor use (CPU and CUDA alike)."""
+
+    kind: str       # "cpu" | "cuda": recorded in the header as the timer
+    n_layers: int
+
+    def begin_step(self) -> None:
+        """A step starts: clear the per-layer sums and counts."""
+        ...
+
+    def start(self, i: int) -> None:
+        """Layer entry ``i``'s call begins (hot path: a clock read or an event record, nothing else)."""
+        ...
+
+    def stop(self, i: int) -> None:
+        """Layer entry ``i``'s call ends (hot path)."""
+        ...
+
+    def nest(self, i: int) -> None:
+        """A call of entry ``i``'s module ran inside another layer: count it, time nothing."""
+        ...
+
+    def end_step(self) -> Any:
+        """The step ended: hand back a pending step (resolved later, maybe on another thread)."""
+        ...
+
+    def resolve(self, pending: Any) -> ResolvedStep:
+        """Times of a pending step; on GPU waits for that step's last event only."""
+        ...
+
+    def discard(self, pending: Any) -> None:
+        """Drop a pending step that will never be resolved (returns its events to the pool)."""
+        ...
 
 
 class CpuTimer:
@@ -188,7 +225,7 @@ class CudaTimer:
         self._free.append(frame)
 
 
-def make_timer(n_layers: int, device: torch.device | str) -> CpuTimer | CudaTimer:
+def make_timer(n_layers: int, device: torch.device | str) -> Timer:
     device = torch.device(device)
     if device.type == "cuda":
         return CudaTimer(n_layers, device)

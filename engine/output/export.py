@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 
 from llm_moments.engine.core.recording import Recording
-from llm_moments.engine.core.roof import place
-from llm_moments.engine.core.work import header_coeffs, step_work
+from llm_moments.engine.analysis.roofline import Roof
+from llm_moments.engine.analysis.steptable import StepTable
+from llm_moments.engine.analysis.roofline import place
 
 
 def chrome_trace(rec: Recording) -> dict[str, Any]:
@@ -101,24 +102,26 @@ CSV_COLUMNS = ["step", "kind", "t_ns", "step_wall_ms", "tokens", "clock_mhz", "t
 def csv_rows(rec: Recording) -> list[list[Any]]:
     """One row per step × layer (a layer that did not run has empty time cells)."""
     layers = rec.header["layers"]
-    coeffs = header_coeffs(rec.header)
-    roof = rec.header.get("roof") or {}
+    n = len(layers)
+    table = StepTable.from_recording(rec)
+    roof = Roof.of(rec.header)
+    work = table.work()
+    if work is not None:
+        flops, moved = work
+        placed = place(flops, moved, table.ms, roof.peak_flops, roof.peak_bw)
+    else:
+        flops = moved = np.full((len(table), n), np.nan)
+        placed = {"flops_per_s": flops, "roof_pct": flops}
+    ms, start, cycles = table.ms, table.start_ms, table.cycles
+    parents = ["" if l.get("parent") is None else layers[l["parent"]]["name"] for l in layers]
     rows = []
-    for step in rec.steps:
-        ms = np.array([np.nan if v is None else v for v in step["layer_ms"]], dtype=float)
-        if coeffs is not None and len(coeffs) == len(layers):
-            flops, moved = step_work(coeffs, step)
-            placed = place(flops, moved, ms, roof.get("peak_flops"), roof.get("peak_bytes_per_s"))
-        else:
-            flops = moved = np.full(len(layers), np.nan)
-            placed = {"flops_per_s": flops, "roof_pct": flops}
-        starts = step.get("layer_start_ms") or [None] * len(layers)
+    steps = (s for s in rec.steps if len(s.get("layer_ms") or ()) == n)  # the table's rows
+    for i, step in enumerate(steps):
         for j, layer in enumerate(layers):
             rows.append([step["index"], step["kind"], step["t_ns"], step["wall_ms"], step.get("tokens"),
                          step.get("clock_mhz"), " ".join(step.get("throttle_reasons") or []), layer["name"],
-                         "" if layer.get("parent") is None else layers[layer["parent"]]["name"],
-                         _cell(step["layer_ms"][j]), _cell(starts[j]), _cell(step["layer_cycles"][j]),
-                         _cell(flops[j]), _cell(moved[j]), _cell(placed["flops_per_s"][j]), _cell(placed["roof_pct"][j])])
+                         parents[j], _cell(ms[i, j]), _cell(start[i, j]), _cell(cycles[i, j]), _cell(flops[i, j]),
+                         _cell(moved[i, j]), _cell(placed["flops_per_s"][i, j]), _cell(placed["roof_pct"][i, j])])
     return rows
 
 

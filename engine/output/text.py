@@ -11,57 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from llm_moments.engine.analysis.stats import Summary
-
-
-def fmt_ms(ms: float) -> str:
-    if ms is None or math.isnan(ms):
-        return "—"
-    if ms >= 100:
-        return f"{ms:.1f}"
-    if ms >= 1:
-        return f"{ms:.3f}"
-    return f"{ms:.4f}"
-
-
-def fmt3(x: float | None) -> str:
-    """A number to about three significant digits (compact tables and panels); — when missing."""
-    if x is None or not math.isfinite(x):
-        return "—"
-    a = abs(x)
-    if a >= 100:
-        return f"{x:.0f}"
-    if a >= 10:
-        return f"{x:.1f}"
-    if a >= 1:
-        return f"{x:.2f}"
-    return "0" if a == 0 else f"{x:.3g}"
-
-
-def fmt_cycles(c: float) -> str:
-    """Cycles with an SI suffix: 1.23 M, 456 k."""
-    if c is None or math.isnan(c):
-        return "n/a"
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(c) >= scale:
-            return f"{c / scale:.2f} {unit}"
-    return f"{c:.0f}"
-
-
-def bar(fraction: float, width: int) -> str:
-    """A horizontal bar of ``width`` cells filled to ``fraction`` (eighths of a cell)."""
-    if width <= 0:
-        return ""
-    if fraction is None or not math.isfinite(fraction):
-        return " " * width
-    cells = max(0.0, min(1.0, fraction)) * width
-    full = int(cells)
-    rest = int((cells - full) * 8)
-    return ("█" * full + ("▏▎▍▌▋▊▉"[rest - 1] if rest and full < width else "")).ljust(width)
-
-
-def share_bar(share: float, width: int = 10) -> str:
-    """The summary table's share bar; empty for a layer that never ran."""
-    return "" if share is None or not math.isfinite(share) else bar(share, width)
+from llm_moments.engine.output.units import finite, fmt_cycles, fmt_mhz, fmt_ms, pct, share_bar, signed_pct
 
 
 def _describe(header: dict[str, Any] | None) -> str:
@@ -100,20 +50,39 @@ def build_tables(summary: Summary, header: dict[str, Any] | None = None) -> list
     return ([head] if head else []) + [layers, steps, foot]
 
 
+def outlier_table(outliers: list[dict[str, Any]], total: int) -> list[Any]:
+    """The report's outlier moments (engine/analysis/outliers.py), largest excess first."""
+    if not total:
+        return ["no outlier moments"]
+    table = Table(title=f"Outlier moments ({len(outliers)} of {total}, largest excess first)", title_justify="left",
+                  show_edge=False, pad_edge=False)
+    for col in ("step", "kind", "layer", "ms", "median ms", "clock", "throttle"):
+        table.add_column(col, justify="left" if col in ("kind", "layer", "throttle") else "right", no_wrap=True)
+    for o in outliers:
+        table.add_row(str(o["step"]), str(o["kind"]), o["layer"], fmt_ms(o["ms"]), fmt_ms(o["median_ms"]),
+                      fmt_mhz(o["clock_mhz"]), " ".join(o["throttle_reasons"]) or "—")
+    return [table]
+
+
 def render_text(summary: Summary, header: dict[str, Any] | None = None, width: int = 110,
-                color: bool = False) -> str:
+                color: bool = False, outliers: tuple[list[dict[str, Any]], int] | None = None) -> str:
+    """The summary tables; with ``outliers`` (list, total), the report's outlier moments after them."""
     buf = io.StringIO()
     console = Console(file=buf, width=width, color_system="standard" if color else None,
                       force_terminal=color, highlight=False)
-    for part in build_tables(summary, header):
+    parts = build_tables(summary, header) + (outlier_table(*outliers) if outliers is not None else [])
+    for part in parts:
         console.print(part)
         console.print()
     return buf.getvalue().rstrip() + "\n"
 
 
-def render_json(summary: Summary, header: dict[str, Any] | None = None) -> str:
+def render_json(summary: Summary, header: dict[str, Any] | None = None,
+                outliers: list[dict[str, Any]] | None = None) -> str:
     doc = {"model": (header or {}).get("model"), "device": (header or {}).get("device"),
            "clock": (header or {}).get("clock"), **summary.to_dict()}
+    if outliers is not None:
+        doc["outliers"] = outliers
     return json.dumps(_finite(doc), indent=2)
 
 
@@ -128,12 +97,8 @@ def _finite(x: Any) -> Any:
     return x
 
 
-def _pct(x: float) -> str:
-    return "—" if x is None or not math.isfinite(x) else f"{x:+.1f}%"
-
-
 def _share(x: float) -> str:
-    return "—" if x is None or not math.isfinite(x) else f"{x * 100:.1f}%"
+    return f"{pct(x)}%" if finite(x) else "—"
 
 
 def render_diff(diff: Any, name_a: str, name_b: str, fmt: str = "text") -> str:
@@ -145,12 +110,12 @@ def render_diff(diff: Any, name_a: str, name_b: str, fmt: str = "text") -> str:
     rows = []
     for l in diff.layers:
         verdict = ("faster" if l.change_pct < 0 else "slower") if l.significant else "noise"
-        rows.append([l.name, fmt_ms(l.a_p50_ms), fmt_ms(l.b_p50_ms), _pct(l.change_pct),
-                     f"{_pct(l.ci_low_pct)} … {_pct(l.ci_high_pct)}", fmt_ms(l.a_p99_ms), fmt_ms(l.b_p99_ms),
+        rows.append([l.name, fmt_ms(l.a_p50_ms), fmt_ms(l.b_p50_ms), signed_pct(l.change_pct),
+                     f"{signed_pct(l.ci_low_pct)} … {signed_pct(l.ci_high_pct)}", fmt_ms(l.a_p99_ms), fmt_ms(l.b_p99_ms),
                      fmt_cycles(l.a_cycles), fmt_cycles(l.b_cycles), _share(l.a_share), _share(l.b_share), verdict])
     step_verdict = ("faster" if diff.step_change_pct < 0 else "slower") if diff.step_significant else "within noise"
     summary = (f"{diff.kind} steps: A {diff.a_steps} (p50 {fmt_ms(diff.a_step_p50_ms)} ms), "
-               f"B {diff.b_steps} (p50 {fmt_ms(diff.b_step_p50_ms)} ms): {_pct(diff.step_change_pct)} {step_verdict}")
+               f"B {diff.b_steps} (p50 {fmt_ms(diff.b_step_p50_ms)} ms): {signed_pct(diff.step_change_pct)} {step_verdict}")
     missing = []
     if diff.only_in_a:
         missing.append(f"only in A ({name_a}): {', '.join(diff.only_in_a)}")

@@ -27,12 +27,13 @@ from torch import nn
 from llm_moments.engine import __version__
 from llm_moments.engine.errors import MomentsError
 from llm_moments.engine.core.hooks import StepHooks, find_layers
-from llm_moments.engine.core.recording import SCHEMA, Recorder
+from llm_moments.engine.core.recording import SCHEMA, Recorder, RecordingLost
 from llm_moments.engine.core.sampler import Sampler, make_clock_source
 from llm_moments.engine.analysis.stats import RollingStats, Summary
 from llm_moments.engine.core.roof import machine_roof
 from llm_moments.engine.core.timing import make_timer
-from llm_moments.engine.core.work import layer_work
+from llm_moments.engine.core.steps import HeadProbe, StepRule, add_work_inputs
+from llm_moments.engine.core.work_model import work_header
 from llm_moments.engine.output.text import render_text
 
 Listener = Callable[[dict[str, Any]], None]
@@ -88,42 +89,6 @@ def device_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def _step_shape(args: tuple, kwargs: dict) -> tuple[int, int, Any]:
-    """(batch, new positions, past cache) of a forward call, read from shapes only (no device sync)."""
-    x = kwargs.get("input_ids")
-    if x is None and args and torch.is_tensor(args[0]):
-        x = args[0]
-    if x is None:
-        x = kwargs.get("inputs_embeds")
-    batch, seq = 1, 1
-    if torch.is_tensor(x):
-        if x.dim() >= 2:
-            batch, seq = int(x.shape[0]), int(x.shape[1])
-        elif x.dim() == 1:
-            seq = int(x.shape[0])
-    past = kwargs.get("past_key_values")
-    if past is None:
-        past = kwargs.get("cache")  # transformers >= 5.2x passes the KV cache as `cache`
-    return batch, seq, past
-
-
-def _past_length(past: Any) -> int | None:
-    """Cached positions when that is known without touching device memory, else None."""
-    if past is None:
-        return 0
-    if type(past).__name__ == "DynamicCache":  # shape-based; other caches may read tensors
-        try:
-            return int(past.get_seq_length())
-        except Exception:
-            return None
-    if isinstance(past, (tuple, list)):
-        try:
-            return int(past[0][0].shape[-2]) if len(past) else 0
-        except Exception:
-            return None
-    return None
-
-
 @dataclass
 class SessionSummary(Summary):
     """A session's ``Summary`` that prints as the CLI's table (the header names model and device)."""
@@ -177,6 +142,7 @@ class Monitor:
         self.steps_without_hooks = 0
         self.started = self.stopped = False
         self.footer: dict[str, Any] | None = None
+        self.recording_lost: str | None = None  # set when a write error stopped the recording
         self._nested_seen: set[int] = set()  # layers already reported as running inside others
 
     # -- life cycle -------------------------------------------------------------------------------
@@ -201,9 +167,14 @@ class Monitor:
         if src_status:
             self._status(src_status)
         self.sampler.start()
-        self._open_step: tuple[int, str, int, int, int | None] | None = None
+        self._open_step: tuple | None = None
+        # Step kind, past and attended keys from the cache's python state; head positions from shapes
+        # (engine/core/steps.py). No tensor is read on the hot path.
+        self._step_rule = StepRule(self.generative)
+        self._head_probe = HeadProbe(self.model, self.layers)
         self.hooks = StepHooks(self.model, self.layers, self.timer, self._on_step_begin, self._on_step_end)
         self.hooks.attach()
+        self._head_probe.attach()
         return self
 
     def stop(self, reason: str = "completed", error: str | None = None) -> dict[str, Any]:
@@ -216,6 +187,8 @@ class Monitor:
             return self.footer or {}
         self.stopped = True
         self.hooks.detach()
+        self._head_probe.detach()
+        self._step_rule.close()
         self.sampler.stop()
         footer = {"type": "footer", "t_ns": time.perf_counter_ns() - self.t0_ns, "steps": None,
                   "reason": reason}
@@ -244,20 +217,15 @@ class Monitor:
 
     # -- hot path (inference thread) ----------------------------------------------------------------
     def _on_step_begin(self, args: tuple, kwargs: dict) -> None:
-        batch, seq, past = _step_shape(args, kwargs)
-        past_len = _past_length(past) if self.generative else 0
-        if not self.generative:
-            kind = "encode"
-        elif past_len is None:
-            kind = "decode" if seq == 1 else "prefill"
-        else:
-            kind = "decode" if past_len > 0 else "prefill"
-        self._open_step = (self.steps_started, kind, batch, seq, past_len, time.perf_counter_ns())
+        kind, batch, seq, past_len, kv = self._step_rule.begin(args, kwargs)
+        heads = self._head_probe.open()
+        self._open_step = (self.steps_started, kind, batch, seq, past_len, time.perf_counter_ns(), kv, heads)
         self.steps_started += 1
         self.timer.begin_step()
 
     def _on_step_end(self, aborted: bool = False) -> None:
         pending = self.timer.end_step()
+        self._head_probe.close()
         if aborted:
             self.timer.discard(pending)
             self.steps_started -= 1
@@ -289,10 +257,9 @@ class Monitor:
                 self._handle(item)
             if self.recorder is not None and not self.recorder.closed:
                 try:
-                    self.recorder.flush()  # once per batch: every step that ended is on disk
-                except (OSError, ValueError) as exc:
-                    self.recorder.close()
-                    self._status(f"recording stopped: {exc}")
+                    self.recorder.flush()  # once per batch: samples too are on disk
+                except RecordingLost as exc:
+                    self._recording_lost(exc)
             if running:
                 time.sleep(self.WORKER_INTERVAL_S)
         if self.recorder is not None:
@@ -314,7 +281,7 @@ class Monitor:
             self._status(f"monitor error: {type(exc).__name__}: {exc}")
 
     def _resolve_step(self, pending: Any, opened: tuple, t1_ns: int) -> dict[str, Any]:
-        index, kind, batch, seq, past_len, t0_abs = opened
+        index, kind, batch, seq, past_len, t0_abs, kv, heads = opened
         done = self.timer.resolve(pending)
         t0 = t0_abs - self.t0_ns
         t1 = t1_ns - self.t0_ns
@@ -352,6 +319,7 @@ class Monitor:
             "throttle_reasons": throttle,
             "hooks_fired": fired,
         }
+        add_work_inputs(record, kv, heads)  # kv_len, head_tokens (engine/core/steps.py)
         if nested is not None:  # only in steps where some call ran inside a layer that is not its parent
             record["layer_nested_calls"] = list(nested)
         return record
@@ -375,7 +343,11 @@ class Monitor:
                        "steps": old.steps_written, "reason": "completed"})
         self.recorder = recorder
         if recorder is not None and self.header is not None:
-            recorder.write(self.header)
+            try:
+                recorder.write(self.header)
+            except RecordingLost as exc:
+                self._recording_lost(exc)
+                return
         note = {"type": "recording", "t_ns": time.perf_counter_ns() - self.t0_ns,
                 "path": str(recorder.path) if recorder is not None else None}
         for fn in list(self._listeners):
@@ -402,11 +374,13 @@ class Monitor:
             self.steps_recorded += 1
         if self.recorder is not None and not self.recorder.closed:
             try:
-                self.recorder.write(record, flush=rtype in ("header", "footer"))
-            except (OSError, ValueError) as exc:
-                # Keep measuring even if the disk fills up; say so once.
-                self.recorder.close()
-                self._status(f"recording stopped: {exc}")
+                # Every step is on disk before any listener (the UI) sees it: a killed process
+                # leaves all the steps it showed. Samples ride along with the next flush.
+                self.recorder.write(record, flush=rtype != "sample")
+            except RecordingLost as exc:
+                self._recording_lost(exc)  # keep measuring without the file; said once
+            except (TypeError, ValueError) as exc:  # a value JSON cannot hold: skip the record, carry on
+                self._status(f"a {rtype} record could not be recorded: {exc}")
         for fn in tuple(self._listeners):  # a copy: a failing listener is removed mid-loop
             try:
                 fn(record)
@@ -414,10 +388,17 @@ class Monitor:
                 self._listeners.remove(fn)
                 self._status(f"a listener failed and was removed: {type(exc).__name__}: {exc}")
 
-    def _status(self, message: str, level: str = "warning") -> None:
+    def _recording_lost(self, exc: RecordingLost) -> None:
+        """A write failed (disk full, EIO): the session goes on unrecorded. The status record carries
+        ``recording_lost`` so that a CLI can exit with the code that says so (3)."""
+        self.recording_lost = str(exc)
+        self._status(str(exc), level="error", recording_lost=True)
+        self._emit({"type": "recording", "t_ns": time.perf_counter_ns() - self.t0_ns, "path": None})
+
+    def _status(self, message: str, level: str = "warning", **extra: Any) -> None:
         self.statuses.append(message)
         t_ns = time.perf_counter_ns() - self.t0_ns if self.started else 0
-        record = {"type": "status", "t_ns": t_ns, "level": level, "message": message}
+        record = {"type": "status", "t_ns": t_ns, "level": level, "message": message, **extra}
         if threading.current_thread() is getattr(self, "_worker", None):
             self._emit(record)  # said by the worker itself: in order, and before any footer
         else:
@@ -446,10 +427,7 @@ class Monitor:
             "run": self.run_info,
             "layers": [{"name": l.name, "parent": l.parent, "module": type(l.module).__name__}
                        for l in self.layers],
-            "work": {"formula": "flops = a*tokens + b*tokens*context; bytes = w + c*tokens + d*batch*context; "
-                                "last_only: the head sees one position per sequence in a prefill",
-                     "columns": ["a", "b", "w", "c", "d", "last_only"],
-                     "layers": [w.as_list() for w in layer_work(self.model, self.layers, self.generative)]},
+            "work": work_header(self.model, self.layers, self.generative),
             "roof": self._roof(),
         }
 

@@ -9,11 +9,9 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from llm_moments.engine.analysis.diff import Diff
-from llm_moments.engine.output.text import fmt_cycles, fmt_ms
+from llm_moments.engine.output.units import signed_pct as _pct
 
-
-def _pct(x: float) -> str:
-    return "—" if x != x else f"{x:+.1f}%"
+from ..render import fmt_cycles, fmt_ms
 
 
 class DiffScreen(Screen):

@@ -13,18 +13,10 @@ from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
+from ..render import si
 from ..state import ViewState
 
 LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-
-
-def si(x: float, unit: str) -> str:
-    if x is None or not math.isfinite(x):
-        return "—"
-    for p, s in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= p:
-            return f"{x / p:.3g} {s}{unit}"
-    return f"{x:.3g} {unit}"
 
 
 def plot(intensity: np.ndarray, achieved: np.ndarray, labels: list[str], peak_flops: float, peak_bw: float,

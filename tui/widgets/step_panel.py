@@ -6,7 +6,7 @@ import numpy as np
 from textual.content import Content
 from textual.widgets import Static
 
-from ..render import bar, ms3, spark
+from ..render import bar, fmt3, spark
 from ..state import ViewState
 
 KIND_STYLE = {"prefill": "$accent", "decode": "$primary", "encode": "$primary"}
@@ -38,10 +38,10 @@ class StepPanel(Static):
         dist = state.step_distribution(bins=max(2, min(12, height - 2 - len(state.step_distribution()["by_kind"]))))
         for kind, d in dist["by_kind"].items():
             parts.append((f"{kind:<8}", KIND_STYLE.get(kind, "") + " bold"))
-            line = f"{d['count']:>5}× p50 {ms3(d['p50'])} p90 {ms3(d['p90'])} p99 {ms3(d['p99'])} ms"
+            line = f"{d['count']:>5}× p50 {fmt3(d['p50'])} p90 {fmt3(d['p90'])} p99 {fmt3(d['p99'])} ms"
             if len(line) + 8 > width:
-                line = f" {d['count']}× p50 {ms3(d['p50'])} p99 {ms3(d['p99'])} ms"
-            extra = f" mean {ms3(d['mean'])}±{ms3(d['std'])}"
+                line = f" {d['count']}× p50 {fmt3(d['p50'])} p99 {fmt3(d['p99'])} ms"
+            extra = f" mean {fmt3(d['mean'])}±{fmt3(d['std'])}"
             parts.append(line + (extra if len(line) + len(extra) + 8 <= width else "") + "\n")
         counts, edges = dist["counts"], dist["edges"]
         rows = max(0, height - 1 - len(dist["by_kind"]))
@@ -56,7 +56,7 @@ class StepPanel(Static):
                 if not g.size:
                     continue
                 n = int(counts[g].sum())
-                label = f"{ms3(edges[g[0]])}–{ms3(edges[g[-1] + 1])} ms"
+                label = f"{fmt3(edges[g[0]])}–{fmt3(edges[g[-1] + 1])} ms"
                 parts.append(f"{label:>{label_w}} ")
                 parts.append((bar(n / top, bar_w), "$secondary"))
                 parts.append(f" {n}\n" if peak else "\n")

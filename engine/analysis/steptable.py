@@ -1,0 +1,184 @@
+"""The step table: a session's steps as numpy arrays, steps × layers, the one input of every analysis.
+
+Per layer and step (float64, NaN where the layer did not run or the field is unknown): ``ms``,
+``cycles``, ``calls`` (``layer_calls``, absent in older recordings: NaN), ``start_ms``, ``positions``
+and ``context`` (what each layer computed and attended over, core/work.py's ``work_inputs``; NaN
+without work coefficients: ``work()`` turns them into FLOPs and bytes); per step: ``index``, ``kind``, ``t_ns``, ``wall_ms``, ``tokens``, ``batch``,
+``seq_len``, ``past_len`` (0: not recorded), ``clock_mhz`` (NaN: unknown), ``hooks_fired``,
+``throttle`` (tuples).
+
+Records become arrays in exactly one place, ``_convert``: the JSON ``null`` of a layer that did not
+run becomes NaN there and nowhere else. A table is filled in bounded chunks (``extend`` converts
+``CHUNK`` records at a time, so a caller streaming a file never holds more than one chunk of record
+dicts), either growing (a recording) or as a ring of the newest ``capacity`` steps (the live window).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from llm_moments.engine.core.work import apply_work, header_coeffs, work_inputs
+
+LAYER_FIELDS = {"ms": "layer_ms", "cycles": "layer_cycles", "calls": "layer_calls", "start_ms": "layer_start_ms"}
+STEP_FIELDS = {"index": np.int64, "kind": "<U8", "t_ns": np.int64, "wall_ms": np.float64, "tokens": np.int64,
+               "batch": np.int64, "seq_len": np.int64, "past_len": np.int64, "clock_mhz": np.float64,
+               "hooks_fired": bool, "throttle": object}
+WORK_FIELDS = ("positions", "context")  # per layer and step, from the header's work columns (core/work.py)
+CHUNK = 4096
+
+
+def _convert(steps: Sequence[dict[str, Any]], n_layers: int,
+             coeffs: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Records → arrays: the one None → NaN conversion of the project."""
+    def layer(key: str) -> np.ndarray:
+        rows = [s.get(key) for s in steps]
+        rows = [r if r is not None and len(r) == n_layers else (None,) * n_layers for r in rows]
+        return np.array(rows, dtype=np.float64).reshape(len(steps), n_layers)  # None → NaN
+
+    def step(key: str, dtype: Any, default: Any) -> np.ndarray:
+        values = [s.get(key) for s in steps]
+        return np.array([default if v is None else v for v in values], dtype=dtype)
+
+    out = {name: layer(key) for name, key in LAYER_FIELDS.items()}
+    out.update(index=step("index", np.int64, -1), kind=np.array([str(s.get("kind") or "?") for s in steps], "<U8"),
+               t_ns=step("t_ns", np.int64, 0), wall_ms=step("wall_ms", np.float64, np.nan),
+               tokens=step("tokens", np.int64, 0), batch=step("batch", np.int64, 0),
+               seq_len=step("seq_len", np.int64, 0), past_len=step("past_len", np.int64, 0),
+               clock_mhz=step("clock_mhz", np.float64, np.nan),
+               hooks_fired=np.array([s.get("hooks_fired") is not False for s in steps], dtype=bool))
+    throttle = np.empty(len(steps), dtype=object)
+    throttle[:] = [tuple(s.get("throttle_reasons") or ()) for s in steps]
+    out["throttle"] = throttle
+    if coeffs is not None:  # what each layer computed: positions, and the keys its attention spanned
+        _, out["positions"], out["context"] = work_inputs(coeffs, steps)
+    else:
+        out["positions"] = out["context"] = np.full((len(steps), n_layers), np.nan)
+    return out
+
+
+class StepTable:
+    """Steps × layers of one session (see the module docstring). Columns read in step order."""
+
+    def __init__(self, names: Sequence[str], parents: Sequence[int | None], coeffs: np.ndarray | None = None,
+                 capacity: int = 256, ring: bool = False):
+        self.names = list(names)
+        self.parents = list(parents)
+        self.n_layers = len(self.names)
+        self.top_level = np.array([p is None for p in self.parents], dtype=bool)
+        ok = coeffs is not None and np.ndim(coeffs) == 2 and np.shape(coeffs)[0] == self.n_layers \
+            and np.shape(coeffs)[1] >= 6
+        self.coeffs = np.asarray(coeffs, dtype=np.float64) if ok else None
+        self.ring = ring
+        self.steps_seen = 0       # appended over the table's life (a ring keeps the newest ``capacity``)
+        self.dropped = 0          # records whose layer_ms did not match the layer list
+        self._cap = max(int(capacity), 1)
+        self._cols = self._alloc(self._cap)
+
+    @classmethod
+    def for_header(cls, header: dict[str, Any], **kwargs: Any) -> "StepTable":
+        layers = header.get("layers") or []
+        return cls([l.get("name", f"layer {j}") for j, l in enumerate(layers)], [l.get("parent") for l in layers],
+                   header_coeffs(header), **kwargs)
+
+    @classmethod
+    def from_steps(cls, header: dict[str, Any], steps: Iterable[dict[str, Any]]) -> "StepTable":
+        table = cls.for_header(header)
+        table.extend(steps)
+        return table
+
+    @classmethod
+    def from_recording(cls, rec: Any) -> "StepTable":
+        """From a loaded ``Recording`` (header + steps)."""
+        return cls.from_steps(rec.header, rec.steps)
+
+    # -- filling ------------------------------------------------------------------------------------
+    def _alloc(self, cap: int) -> dict[str, np.ndarray]:
+        cols = {name: np.full((cap, self.n_layers), np.nan) for name in (*LAYER_FIELDS, *WORK_FIELDS)}
+        for name, dtype in STEP_FIELDS.items():
+            cols[name] = np.zeros(cap, dtype=dtype)
+        return cols
+
+    def extend(self, steps: Iterable[dict[str, Any]]) -> int:
+        """Append step records, converted ``CHUNK`` at a time; returns how many were kept."""
+        kept, chunk = 0, []
+        for s in steps:
+            if len(s.get("layer_ms") or ()) != self.n_layers:
+                self.dropped += 1
+                continue
+            chunk.append(s)
+            if len(chunk) >= CHUNK:
+                kept += self._write(_convert(chunk, self.n_layers, self.coeffs))
+                chunk = []
+        if chunk:
+            kept += self._write(_convert(chunk, self.n_layers, self.coeffs))
+        return kept
+
+    def append(self, step: dict[str, Any]) -> None:
+        self.extend((step,))
+
+    def extend_table(self, other: "StepTable") -> None:
+        """Append another table's steps (same layers), e.g. one converted batch into the live window."""
+        if len(other):
+            self._write({name: other.column(name) for name in self._cols})
+
+    def _write(self, cols: dict[str, np.ndarray]) -> int:
+        m = len(cols["wall_ms"])
+        if self.ring:
+            rows = (self.steps_seen + np.arange(m)) % self._cap
+            keep = slice(max(m - self._cap, 0), m)   # more than the ring holds: the newest only
+            for name, arr in self._cols.items():
+                arr[rows[keep]] = cols[name][keep]
+        else:
+            need = self.steps_seen + m
+            if need > self._cap:
+                cap = max(need, 2 * self._cap)
+                grown = self._alloc(cap)
+                for name, arr in self._cols.items():
+                    grown[name][:self.steps_seen] = arr[:self.steps_seen]
+                self._cols, self._cap = grown, cap
+            for name, arr in self._cols.items():
+                arr[self.steps_seen:need] = cols[name]
+        self.steps_seen += m
+        return m
+
+    # -- reading ------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return min(self.steps_seen, self._cap) if self.ring else self.steps_seen
+
+    def _order(self) -> np.ndarray | slice:
+        n = len(self)
+        if not self.ring or self.steps_seen <= self._cap:
+            return slice(0, n)
+        return (np.arange(n) + self.steps_seen % self._cap) % self._cap
+
+    def column(self, name: str) -> np.ndarray:
+        """One column in step order, oldest first (a view when the table has not wrapped)."""
+        return self._cols[name][self._order()]
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        cols = self.__dict__.get("_cols")
+        if cols is not None and name in cols:
+            return self.column(name)
+        raise AttributeError(name)
+
+    def take(self, rows: np.ndarray | slice) -> "StepTable":
+        """A new (growing) table of the selected steps: a bool mask, indices or a slice, in step order."""
+        out = StepTable(self.names, self.parents, self.coeffs, capacity=1)
+        out._write({name: self.column(name)[rows] for name in self._cols})
+        return out
+
+    def tail(self, n: int) -> "StepTable":
+        return self.take(slice(max(len(self) - n, 0), len(self)))
+
+    def of_kind(self, kind: str) -> "StepTable":
+        return self.take(self.column("kind") == kind)
+
+    def work(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(FLOPs, bytes) [steps, layers]: core/work.py's formula over the header's coefficients and the
+        ``positions`` / ``context`` worked out when the steps were added; None without coefficients."""
+        if self.coeffs is None:
+            return None
+        batch = np.maximum(self.batch, 1).astype(np.float64)
+        return apply_work(self.coeffs, batch, self.positions, self.context)
