@@ -79,7 +79,10 @@ def build_parser(prog: str = "moments", headless_only: bool = True) -> tuple[arg
 
 
 def error(message: str, code: int = 2) -> int:
-    print(f"moments: error: {message}", file=sys.stderr)
+    """One line on stderr; what it quotes from files, models or users shows its control characters."""
+    from llm_moments.engine.output.sanitize import visible
+
+    print(f"moments: error: {visible(message)}", file=sys.stderr)
     return code
 
 
@@ -100,11 +103,20 @@ def guarded(fn: Callable[[], int]) -> int:
 
 def _load(path: str):
     from llm_moments.engine.core import recording
+    from llm_moments.engine.output.sanitize import visible
 
     rec = recording.load(path)
     for warning in rec.warnings:
-        print(f"moments: warning: {path}: {warning}", file=sys.stderr)
+        print(visible(f"moments: warning: {path}: {warning}"), file=sys.stderr)
     return rec
+
+
+def _warn(path: str, warnings: list[str]) -> None:
+    """The reader's warnings about a recording read in a streaming pass (known once it is read)."""
+    from llm_moments.engine.output.sanitize import visible
+
+    for warning in warnings:
+        print(visible(f"moments: warning: {path}: {warning}"), file=sys.stderr)
 
 
 def _write_out(text: str, output: str | None) -> None:
@@ -114,18 +126,20 @@ def _write_out(text: str, output: str | None) -> None:
         sys.stdout.write(text)
         return
     from llm_moments.engine.core.recording import check_writable
+    from llm_moments.engine.output.sanitize import visible
 
     path = check_writable(output, what="write to", example="out" + (Path(output).suffix or ".txt"))
     path.write_text(text, encoding="utf-8")
-    print(f"wrote {path}", file=sys.stderr)
+    print(f"wrote {visible(path)}", file=sys.stderr)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from llm_moments.engine.analysis.report import analyze
     from llm_moments.engine.output.text import render_json, render_text
 
-    rec = _load(args.file)
-    data = analyze(rec)
+    data = analyze(args.file)   # one streaming pass: memory does not grow with the recording
+    rec = data.rec
+    _warn(args.file, rec.warnings)
     if args.format in ("md", "html"):
         from llm_moments.engine.output.html import render_html
         from llm_moments.engine.output.markdown import render_markdown
@@ -143,7 +157,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from llm_moments.engine.analysis.diff import compare
     from llm_moments.engine.output.text import render_diff
 
-    diff = compare(_load(args.a), _load(args.b), kind=args.kind, normalize_clock=args.normalize_clock)
+    from llm_moments.engine.analysis.scan import scan
+
+    a, b = scan(args.a), scan(args.b)   # streamed: memory does not grow with the recordings
+    diff = compare(a, b, kind=args.kind, normalize_clock=args.normalize_clock)
+    _warn(args.a, a.warnings)
+    _warn(args.b, b.warnings)
     sys.stdout.write(render_diff(diff, args.a, args.b, args.format))
     return 0
 
@@ -151,15 +170,29 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from llm_moments.engine.output.export import export
+    from llm_moments.engine.analysis.scan import scan
+    from llm_moments.engine.core.recording import check_writable
+    from llm_moments.engine.output.export import write_export
+    from llm_moments.engine.output.sanitize import visible
 
-    rec = _load(args.file)
+    sc = scan(args.file)   # streamed out record by record: memory does not grow with the recording
     suffix = {"chrome": ".trace.json", "csv": ".csv", "json": ".json"}[args.format]
     output = args.output or str(Path(args.file).with_suffix("")) + suffix
     if output == "-":
-        sys.stdout.write(export(rec, args.format))
+        write_export(sc, args.format, sys.stdout)
+        _warn(args.file, sc.warnings)
         return 0
-    _write_out(export(rec, args.format), output)
+    path = check_writable(output, what="write to", example="out" + (Path(output).suffix or ".txt"))
+    part = path.with_name(path.name + ".part")   # a failed export leaves no half-written OUT
+    try:
+        with open(part, "w", encoding="utf-8", newline="") as fh:
+            write_export(sc, args.format, fh)
+        os.replace(part, path)
+    finally:
+        if part.exists():
+            part.unlink()
+    _warn(args.file, sc.warnings)
+    print(f"wrote {visible(path)}", file=sys.stderr)
     return 0
 
 
@@ -223,6 +256,7 @@ def _run_headless(args: argparse.Namespace, interrupts: _Interrupts) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from llm_moments.engine.output.sanitize import visible
     from llm_moments.engine.output.text import render_json, render_text
     from llm_moments.engine.session.runner import stream
     from llm_moments.engine.session.setup import make_monitor, prepare_session, warm_up
@@ -232,7 +266,8 @@ def _run_headless(args: argparse.Namespace, interrupts: _Interrupts) -> int:
     with err.status("loading model…"):
         texts, loaded = prepare_session(args)
         if loaded.info.get("random_weights"):
-            err.print(f"[yellow]{args.model}: random weights — timings are real, outputs are noise[/]")
+            err.print(f"{visible(args.model)}: random weights — timings are real, outputs are noise", style="yellow",
+                      markup=False, highlight=False)
         warm_up(args, loaded, texts)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err, transient=True)
@@ -242,7 +277,7 @@ def _run_headless(args: argparse.Namespace, interrupts: _Interrupts) -> int:
         if record.get("type") == "step":
             progress.advance(task)
         elif record.get("type") == "status":  # one line each, never wrapped, never read as markup
-            progress.console.print(f"moments: {record['message']}", style="yellow", markup=False,
+            progress.console.print(f"moments: {visible(record.get('message'))}", style="yellow", markup=False,
                                    highlight=False, soft_wrap=True)
 
     interrupts.running = True  # from here a signal stops the session at the next step
@@ -270,7 +305,7 @@ def _run_headless(args: argparse.Namespace, interrupts: _Interrupts) -> int:
     _quietly(sys.stdout.flush)
     recorder = monitor.recorder
     if recorder is not None and not monitor.recording_lost:
-        _quietly(lambda: print(f"recorded {recorder.steps_on_disk} steps to {recorder.path}", file=sys.stderr))
+        _quietly(lambda: print(f"recorded {recorder.steps_on_disk} steps to {visible(recorder.path)}", file=sys.stderr))
     if failure:
         return error(f"the model failed during the session: {failure} (the recording is kept)", 1)
     if reason == "interrupted":

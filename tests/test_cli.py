@@ -9,8 +9,10 @@ this process (a few again as real processes). Timeouts only guard against hangs.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import cli_env, popen_cli, run_cli
+from conftest import ROOT, cli_cmd, cli_env, popen_cli, run_cli
 from llm_moments.engine import cli
 from llm_moments.engine.session.inputs import SAMPLE_TEXTS
 from llm_moments.engine.core.recording import load
@@ -350,3 +352,142 @@ def test_an_interrupted_run_keeps_its_recording(interrupted, sig):
     assert rec.steps[0]["kind"] == "prefill"
     assert "Moments per layer" in stdout  # the summary of what was measured is still printed
     assert "moments: interrupted" in stderr
+
+
+# -- every signal, once or twice, and every write error end a headless run cleanly ------------------------
+
+LONG_RUN = ["run", "--headless", "--model", "tiny-gpt2", "--no-calibrate", "--steps", "100000",
+            "--max-new-tokens", "4", "--warmup", "0", "--threads", "1"]
+
+
+@pytest.fixture
+def signals_caught():
+    """While a test runs the CLI in this process: a SIGHUP or SIGTERM the CLI failed to handle is caught
+    here (and fails the test) instead of ending pytest."""
+    caught: list[int] = []
+    old = {s: signal.signal(s, lambda n, f: caught.append(n)) for s in (signal.SIGHUP, signal.SIGTERM)}
+    yield caught
+    for s, h in old.items():
+        signal.signal(s, h)
+
+
+def _signal_when_recording(path: Path, sigs: tuple[signal.Signals, ...], steps: int = 2) -> threading.Thread:
+    def send() -> None:
+        deadline = time.monotonic() + 60
+        while _count_steps(path) < steps and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for i, sig in enumerate(sigs):
+            if i:
+                time.sleep(0.02)
+            os.kill(os.getpid(), sig)
+
+    t = threading.Thread(target=send, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("sigs", [
+    (signal.SIGHUP,), (signal.SIGTERM,), (signal.SIGINT,),
+    (signal.SIGHUP, signal.SIGHUP), (signal.SIGTERM, signal.SIGTERM), (signal.SIGINT, signal.SIGINT),
+    (signal.SIGHUP, signal.SIGTERM)], ids=lambda sigs: "+".join(s.name for s in sigs))
+def test_any_signal_once_or_twice_20_ms_apart_leaves_an_interrupted_footer(sigs, tmp_path, capsys, signals_caught):
+    path = tmp_path / "run.jsonl"
+    sender = _signal_when_recording(path, sigs)
+    code = cli.main([*LONG_RUN, "--record", str(path)])
+    sender.join(5)
+    err = capsys.readouterr().err
+    assert signals_caught == []  # the CLI's own handlers took every signal
+    assert code == 130, err
+    rec = load(path)
+    assert rec.warnings == [] and rec.footer["reason"] == "interrupted"
+    assert rec.footer["steps"] == len(rec.steps) >= 2
+    assert [s["index"] for s in rec.steps] == list(range(len(rec.steps)))
+    assert "moments: interrupted; the summary covers the steps before it" in err
+    assert f"recorded {len(rec.steps)} steps to {path}" in err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers given back
+
+
+@pytest.mark.parametrize("target", ["/dev/full", "/proc/version"])
+def test_a_special_file_is_refused_before_the_model_loads(target, monkeypatch, capsys):
+    monkeypatch.setattr("llm_moments.engine.session.models.load_model", _must_not_load)
+    assert cli.main(["run", "--headless", "--record", target]) == 2
+    err = capsys.readouterr().err
+    assert err == f"moments: error: cannot record to {target}: not a regular file (a recording needs one; " \
+                  "give a file name such as run.jsonl)\n"
+
+
+def test_a_full_disk_stops_the_recording_not_the_session(tmp_path, monkeypatch, capsys):
+    """ENOSPC mid-run: one line with the steps on disk, the summary covers every step, exit 3."""
+    import llm_moments.engine.session.monitor as monitor_mod
+    from llm_moments.engine.core.recording import Recorder
+
+    from test_recording import FullDisk
+
+    died: list = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args))
+    disk = FullDisk(room=12_000)
+    monkeypatch.setattr(monitor_mod, "Recorder", lambda path: Recorder(path, fh=disk))
+    code = cli.main(["run", "--headless", "--model", "tiny-gpt2", "--no-calibrate", "--steps", "24",
+                     "--max-new-tokens", "4", "--warmup", "0", "--format", "json", "--record", str(tmp_path / "r.jsonl")])
+    out, err = capsys.readouterr()
+    assert code == 3 and died == []
+    on_disk = sum(r["type"] == "step" for r in disk.lines())
+    assert 0 < on_disk < 24
+    lines = [l for l in err.splitlines() if "record" in l]
+    assert lines == [f"moments: recording stopped: disk full after {on_disk} steps; they are safely in "
+                     f"{tmp_path / 'r.jsonl'}"]
+    assert "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def hung_up_and_full(tmp_path_factory):
+    """Real processes: a SIGHUP once two steps are recorded, and a file-size limit (EFBIG) mid-run."""
+    import resource
+
+    d = tmp_path_factory.mktemp("hup")
+    hup = d / "hup.jsonl"
+    p_hup = popen_cli(*LONG_RUN, "--record", str(hup))
+
+    def small_files() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16_000, 16_000))
+
+    full = d / "full.jsonl"
+    p_full = subprocess.Popen(cli_cmd("run", "--headless", "--model", "tiny-gpt2", "--no-calibrate", "--steps",
+                                      "40", "--max-new-tokens", "4", "--warmup", "0", "--threads", "1",
+                                      "--record", str(full)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
+                              cwd=ROOT, preexec_fn=small_files)
+    deadline = time.monotonic() + 120
+    while _count_steps(hup) < 2 and p_hup.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    p_hup.send_signal(signal.SIGHUP)
+    out = {}
+    for name, path, proc in (("hup", hup, p_hup), ("full", full, p_full)):
+        try:
+            stdout, stderr = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stdout, stderr = proc.communicate()
+        out[name] = (path, proc.returncode, stdout, stderr)
+    return out
+
+
+def test_a_hang_up_leaves_an_interrupted_footer_in_a_real_process(hung_up_and_full):
+    path, code, stdout, stderr = hung_up_and_full["hup"]
+    assert code == 130, stderr
+    rec = load(path)
+    assert rec.warnings == [] and rec.footer["reason"] == "interrupted" and len(rec.steps) >= 2
+    assert "Traceback" not in stderr
+
+
+def test_a_write_error_in_a_real_process_exits_3_with_one_line(hung_up_and_full):
+    path, code, stdout, stderr = hung_up_and_full["full"]
+    assert code == 3, stderr
+    assert "Traceback" not in stderr
+    rec = load(path)
+    assert rec.footer["reason"] == "error" and rec.warnings == []
+    said = [l for l in stderr.splitlines() if "record" in l]
+    assert said == [f"moments: recording stopped: file too large after {len(rec.steps)} steps; they are "
+                    f"safely in {path}"]
+    assert "Moments per layer" in stdout  # the session ran to its end

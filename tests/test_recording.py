@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -125,12 +126,15 @@ def test_a_bad_line_in_the_middle_is_skipped_with_a_warning(session_file, tmp_pa
     bad.write_text(lines[0] + "{not json\n" + "".join(lines[1:]), encoding="utf-8")
     rec = load(bad)
     assert len(rec.steps) == 5 and rec.footer is not None
-    assert rec.warnings == ["line 2 is not valid JSON; skipped"]
+    assert rec.warnings == ["skipped 1 bad line (line 2: not valid JSON: expecting property name enclosed "
+                            "in double quotes, column 2)"]
+    assert rec.skipped == 1
 
 
 def test_a_minor_schema_version_loads(tmp_path):
     path = tmp_path / "minor.jsonl"
-    path.write_text(json.dumps({"type": "header", "schema": "moments/1.4", "layers": [],
+    path.write_text(json.dumps({"type": "header", "schema": "moments/1.4",
+                                "layers": [{"name": "a", "parent": None}],
                                 "new_field": 1}) + "\n", encoding="utf-8")
     assert load(path).header["new_field"] == 1
 
@@ -294,3 +298,130 @@ def test_check_writable(tmp_path):
         check_writable(tmp_path)
     with pytest.raises(MomentsError, match="does not exist"):
         check_writable(tmp_path / "no" / "such" / "x.jsonl")
+
+
+# -- the writer under write errors (disk full, EIO, special files) ---------------------------------------
+
+
+class FullDisk:
+    """A binary file that takes ``room`` bytes, then refuses writes with ENOSPC (a partial write first,
+    as a real file system does), and then takes ``after`` bytes again once cut back by truncate()."""
+
+    def __init__(self, room: int, error: int = 28, after: int = 10_000):
+        self.data, self.room, self.error, self.after = bytearray(), room, error, after
+        self.pos, self.closed, self.full = 0, False, False
+
+    def write(self, b) -> int:
+        import errno
+
+        b = bytes(b)
+        free = (self.after if self.full else self.room) - len(self.data)
+        if free <= 0:
+            self.full = True
+            raise OSError(self.error, errno.errorcode.get(self.error, "?"))
+        self.data[self.pos:self.pos + min(len(b), free)] = b[:free]
+        self.pos += min(len(b), free)
+        return min(len(b), free)
+
+    def truncate(self, n: int) -> None:
+        del self.data[n:]
+
+    def seek(self, n: int) -> None:
+        self.pos = n
+
+    def close(self) -> None:
+        self.closed = True
+
+    def lines(self) -> list[dict]:
+        return [json.loads(line) for line in self.data.decode().splitlines()]
+
+
+def test_a_full_disk_stops_the_recording_after_its_last_complete_step(tmp_path):
+    from llm_moments.engine.core.recording import RecordingLost
+
+    header = json.dumps(HEADER, separators=(",", ":"))
+    disk = FullDisk(room=len(header) + 1 + 3 * len(json.dumps(_step(0), separators=(",", ":"))) + 50)
+    rec = Recorder(tmp_path / "r.jsonl", fh=disk)
+    rec.write(HEADER)
+    with pytest.raises(RecordingLost) as lost:
+        for i in range(10):
+            rec.write(_step(i))
+    assert lost.value.steps == 3 and rec.steps_on_disk == 3
+    assert str(lost.value) == f"recording stopped: disk full after 3 steps; they are safely in {tmp_path / 'r.jsonl'}"
+    assert rec.closed and disk.closed and rec.lost == str(lost.value)
+    # the torn fourth line is cut off; a footer says why the file ends here
+    lines = disk.lines()
+    assert [r["type"] for r in lines] == ["header", "step", "step", "step", "footer"]
+    assert lines[-1] == {"type": "footer", "steps": 3, "reason": "error",
+                         "error": "recording stopped: disk full"}
+    rec.write(_step(11))  # later writes and the close are quiet no-ops: the session goes on
+    rec.flush()
+    rec.close({"type": "footer", "steps": 12, "reason": "completed"})
+    assert disk.lines() == lines
+
+
+@pytest.mark.parametrize("error, why", [(5, "input/output error"), (27, "file too large"), (122, "disk full")])
+def test_every_write_error_is_said_once_in_words(tmp_path, error, why):
+    from llm_moments.engine.core.recording import RecordingLost
+
+    rec = Recorder(tmp_path / "r.jsonl", fh=FullDisk(room=0, error=error, after=0))
+    with pytest.raises(RecordingLost, match=f"^recording stopped: {why}; nothing was recorded to "):
+        rec.write(HEADER)
+
+
+def test_samples_wait_for_the_next_flush_but_are_never_torn(tmp_path):
+    from llm_moments.engine.core.recording import RecordingLost
+
+    header = json.dumps(HEADER, separators=(",", ":"))
+    disk = FullDisk(room=len(header) + 1 + 10)
+    rec = Recorder(tmp_path / "r.jsonl", fh=disk)
+    rec.write(HEADER)
+    for t in range(20):
+        rec.write({"type": "sample", "t_ns": t, "clock_mhz": 1000.0})  # kept in memory: no error yet
+    assert disk.lines() == [HEADER]
+    with pytest.raises(RecordingLost, match="after 0 steps"):
+        rec.flush()
+    assert [r["type"] for r in disk.lines()] == ["header", "footer"]
+
+
+@pytest.mark.parametrize("target", ["/dev/full", "/dev/null", "/proc/version", "fifo"])
+def test_a_recording_must_be_a_regular_file(tmp_path, target):
+    from llm_moments.engine.core.recording import check_record_path
+
+    if target == "fifo":
+        target = tmp_path / "fifo"
+        os.mkfifo(target)
+    if not Path(target).exists():
+        pytest.skip(f"{target} is not on this system")
+    with pytest.raises(MomentsError, match=r"^cannot record to .*: not a regular file"):
+        check_record_path(target)
+    with pytest.raises(MomentsError, match="not a regular file"):
+        Recorder(target)
+    assert check_writable("/dev/null", what="write to") == Path("/dev/null")  # an output file may be one
+
+
+def test_a_monitor_carries_on_when_its_recording_fails(tmp_path, tiny_gpt2, monkeypatch):
+    """Disk full mid-session: one status line (with the count of steps on disk), the statistics and the
+    listeners keep every step, and no thread dies."""
+    import llm_moments.engine.session.monitor as monitor_mod
+
+    died: list = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args))
+    disk = FullDisk(room=9_000)
+    monkeypatch.setattr(monitor_mod, "Recorder", lambda path: Recorder(path, fh=disk))
+    seen: list[dict] = []
+    with Monitor(tiny_gpt2, record=tmp_path / "r.jsonl", clock_source=FakeClock(1000.0),
+                 listeners=[seen.append]) as mon:
+        for _ in range(4):
+            generate(tiny_gpt2, ids(1, 4, vocab=64), 4)
+    assert died == []
+    lost = [r for r in seen if r.get("recording_lost")]
+    assert len(lost) == 1 and lost[0]["level"] == "error"
+    on_disk = [r for r in disk.lines() if r["type"] == "step"]
+    assert 0 < len(on_disk) < 16
+    assert lost[0]["message"].startswith(f"recording stopped: disk full after {len(on_disk)} steps; ")
+    assert mon.recording_lost == lost[0]["message"]
+    assert mon.steps_recorded == 16 and sum(r["type"] == "step" for r in seen) == 16
+    assert {"type": "recording", "path": None} == {k: v for k, v in seen[seen.index(lost[0]) + 1].items() if k != "t_ns"}
+    assert disk.lines()[-1]["reason"] == "error"
+    assert [s["index"] for s in on_disk] == list(range(len(on_disk)))

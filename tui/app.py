@@ -24,6 +24,7 @@ from .screens.diff import DiffScreen
 from .screens.main import MainScreen
 from .screens.outliers import OutliersScreen
 from .screens.roofline import RooflineScreen
+from .render import visible
 from .screens.record import RecordDialog
 from .sources import Source
 from .state import ViewState
@@ -85,7 +86,7 @@ class MomentsApp(App):
         self.main = MainScreen()
         self.push_screen(self.main)
         if self._theme_warning:
-            self.notify(self._theme_warning, severity="warning", timeout=8)
+            self.notify(visible(self._theme_warning), severity="warning", timeout=8, markup=False)
         self.source.start()
         self.call_after_refresh(self.refresh_frame)
         self._timer = self.set_interval(1 / self.refresh_hz, self.refresh_frame)
@@ -185,7 +186,7 @@ class MomentsApp(App):
             self.source.stop_recording()
             self.state.recording_path = None
             self.state.version += 1
-            self.notify(f"recording closed: {path}")
+            self.notify(f"recording closed: {visible(path)}", markup=False)
             return
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(self._clock()))
         self.push_screen(RecordDialog(f"moments-{stamp}.jsonl"), self._start_recording)
@@ -196,11 +197,11 @@ class MomentsApp(App):
         try:
             real = self.source.start_recording(path)
         except MomentsError as exc:
-            self.notify(str(exc), severity="error", timeout=8)
+            self.notify(visible(exc), severity="error", timeout=8, markup=False)
             return
         self.state.recording_path = real
         self.state.version += 1
-        self.notify(f"recording to {real}")
+        self.notify(f"recording to {visible(real)}", markup=False)
 
     def action_next_theme(self) -> None:
         names = [t.name for t in self._themes]
@@ -214,9 +215,9 @@ class MomentsApp(App):
         try:
             path = self.save_screenshot(filename=f"moments-{stamp}.svg", path=str(self.screenshot_dir))
         except OSError as exc:
-            self.notify(f"screenshot not saved: {exc}", severity="error")
+            self.notify(f"screenshot not saved: {visible(exc)}", severity="error", markup=False)
             return
-        self.notify(f"screenshot saved: {path}")
+        self.notify(f"screenshot saved: {visible(path)}", markup=False)
 
     def action_toggle_heatmap(self) -> None:
         if self.main is not None:

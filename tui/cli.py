@@ -4,12 +4,12 @@ run and report. The parser comes from engine.cli; this module adds what needs th
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from typing import Any, Sequence
 
 from llm_moments.engine.cli import build_parser, cmd_diff, cmd_export, cmd_report, cmd_run_headless, error, guarded, rate_hz
 from llm_moments.engine.errors import MomentsError
+from llm_moments.engine.output.sanitize import visible
 
 THEME_HELP = "dark (default), light, high-contrast, or a theme file (.toml); NO_COLOR is respected"
 
@@ -34,33 +34,55 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_app(source: Any, theme: str | None, compare: Any = None) -> int:
+    """Run the UI over ``source``. Exit status: 0; 130 when a signal (SIGTERM, SIGHUP, SIGINT) or a
+    lost terminal ended it; 3 when a write error stopped the live recording (the session went on);
+    1 when the session stopped on an error."""
     from .app import MomentsApp
+    from .hangup import EXIT_INTERRUPTED, EXIT_RECORDING_LOST, HangupSafeDriver, SessionGuard, stop_source
 
     app = MomentsApp(source, theme=theme, compare=compare)
-
-    # An SSH hang-up or a kill ends the session like q does: footer written, recording closed.
-    def ask_quit(signum: int, frame: Any) -> None:
-        app.call_later(app.action_quit)
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, ask_quit)
+    if sys.platform != "win32":
+        app.driver_class = HangupSafeDriver
+    # SIGTERM, SIGHUP or a terminal that went away without one end the session like q does (footer
+    # written, recording closed), even when the event loop is stuck: see tui/hangup.py.
+    guard = SessionGuard(app, source).install()
     try:
         app.run()
     finally:
-        source.stop()
+        guard.done()
+        if guard.why is None:
+            source.stop()
+        else:
+            stop_source(source, guard.stop_timeout_s)  # interrupted: the footer says so
+        guard.restore()
+    lost = getattr(source, "recording_lost", None)
+    if lost:  # said in the UI's status line too, but that is gone with the screen
+        _say(f"moments: {lost}")
+    if guard.why is not None:
+        _say(f"moments: interrupted ({guard.why})")
+        return EXIT_INTERRUPTED
     if app.state.error:
         return error(f"the session stopped: {app.state.error}", 1)
-    return 0
+    if app.return_code:  # the UI itself failed (Textual printed what happened): never exit 0 after that
+        return error("the monitor's screen stopped on an internal error (see above)", app.return_code)
+    return EXIT_RECORDING_LOST if lost else 0
+
+
+def _say(line: str) -> None:
+    try:  # the terminal may be gone
+        print(visible(line), file=sys.stderr)  # it may quote a file's or the engine's text
+    except (OSError, ValueError):
+        pass
 
 
 def _precheck_live(args: argparse.Namespace) -> None:
     """What can fail before the screen opens fails here, as one line (the model loads in the UI)."""
     from llm_moments.engine.session.inputs import read_texts
     from llm_moments.engine.session.models import check_model_spec
-    from llm_moments.engine.core.recording import check_writable
+    from llm_moments.engine.core.recording import check_record_path
 
     if args.record:
-        check_writable(args.record)
+        check_record_path(args.record)
     if args.inputs == "-":
         raise MomentsError("--inputs - (stdin) needs the headless mode: the live monitor reads the keyboard")
     read_texts(args.inputs)
@@ -82,21 +104,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     source = ReplaySource(args.file, speed=args.speed)  # a bad file fails here, before the screen
     for warning in source.rec.warnings:
-        print(f"moments: warning: {args.file}: {warning}", file=sys.stderr)
+        print(visible(f"moments: warning: {args.file}: {warning}"), file=sys.stderr)
     compare = None
     if args.compare:
-        from llm_moments.engine.core import recording
         from llm_moments.engine.analysis.diff import compare as diff
 
-        compare = (diff(source.rec, recording.load(args.compare)), args.file, args.compare)
+        compare = (diff(source.rec, args.compare), args.file, args.compare)  # both streamed
     return _run_app(source, args.theme, compare)
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from llm_moments.engine.core.recording import check_header
-    import json
+    from llm_moments.engine.core.recording import BadLine, check_header, parse_line
 
     from .sources import WatchSource
 
@@ -104,13 +124,14 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if path.is_dir():
         raise MomentsError(f"{path} is a directory, not a recording")
     if path.exists() and path.stat().st_size:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            first = fh.readline()
-        if first.endswith("\n"):
+        with open(path, "rb") as fh:
+            first = fh.readline(1 << 20)
+        if first.endswith(b"\n"):
             try:
-                check_header(json.loads(first), str(path))
-            except json.JSONDecodeError:
-                raise MomentsError(f"{path} is not a moments recording: line 1 is not JSON") from None
+                check_header(parse_line(first), str(path))
+            except BadLine as exc:
+                what = "it is not text" if "UTF-8" in str(exc) else "line 1 is not JSON"
+                raise MomentsError(f"{path} is not a moments recording: {what}") from None
     return _run_app(WatchSource(path), args.theme)
 
 

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from llm_moments.engine.core import recording
 from llm_moments.engine.errors import MomentsError
 
@@ -74,6 +76,10 @@ class LiveSource(_Buffered):
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
         self._got_error = False
         self._lock = threading.Lock()
+        self._stop_lock = threading.Lock()
+        self.recording_lost: str | None = None  # the engine's line when a write error stopped the recording
+        self.exit_code: int | None = None       # the engine process's, once it ended
+        self.recording_path_seen: str | None = None
 
     def start(self) -> None:
         env = dict(os.environ)
@@ -85,19 +91,37 @@ class LiveSource(_Buffered):
 
     def _read_records(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
+        for line in _lines(self.proc.stdout):
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
             if record.get("type") == "error":
                 self._got_error = True
+            elif record.get("recording_lost"):
+                self.recording_lost = record.get("message") or "recording stopped"
+            if record.get("type") == "recording":
+                self.recording_path_seen = record.get("path")
             self._put(record)
-        code = self.proc.wait()
-        if code not in (0, None) and not self._got_error:
-            tail = [l for l in self._stderr_tail if l.strip()]
-            detail = tail[-1].strip() if tail else f"exit status {code}"
-            self._put({"type": "error", "message": f"the engine process stopped: {detail}"})
+        code = self.exit_code = self.proc.wait()
+        # 0: it ended as asked; 130: interrupted (a signal, or we asked so); 3: the recording was lost
+        # and said so already. Anything else is a death the UI must show.
+        if code not in (0, 3, 130, None) and not self._got_error:
+            self._put({"type": "error", "message": f"the engine process stopped: {self._death(code)}"})
+
+    def _death(self, code: int) -> str:
+        tail = [l for l in self._stderr_tail if l.strip()]
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            what = f"killed by {name}"
+        else:
+            what = tail[-1].strip() if tail else f"exit status {code}"
+        if self.recording_path_seen:  # the UI never writes the engine's file: say what it holds
+            what += f"; the recording {self.recording_path_seen} keeps every step up to here, without a footer"
+        return what
 
     def _read_stderr(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
@@ -115,20 +139,28 @@ class LiveSource(_Buffered):
                 raise MomentsError("the engine process is not running") from None
 
     def start_recording(self, path: str) -> str:
-        real = recording.check_writable(path)  # a bad path is refused here, at once
+        real = recording.check_record_path(path)  # a bad path is refused here, at once
         self._send({"cmd": "record", "path": str(real)})
         return str(real)
 
     def stop_recording(self) -> None:
         self._send({"cmd": "stop-record"})
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Ask the engine to stop after the current step; it writes the footer, then exits."""
+    def stop(self, timeout_s: float = 30.0, interrupted: bool = False) -> None:
+        """Ask the engine to stop after the current step; it writes the footer, then exits.
+
+        ``interrupted``: the session did not end by the user's choice (a signal, a lost terminal);
+        the footer says so. Safe from several threads at once: the later caller waits for the first.
+        """
+        with self._stop_lock:
+            self._stop(timeout_s, interrupted)
+
+    def _stop(self, timeout_s: float, interrupted: bool) -> None:
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return
         try:
-            self._send({"cmd": "quit"})
+            self._send({"cmd": "quit", "reason": "interrupted"} if interrupted else {"cmd": "quit"})
             proc.stdin.close()
         except (MomentsError, OSError, ValueError):
             pass
@@ -146,39 +178,91 @@ class LiveSource(_Buffered):
         return None
 
 
+def _lines(fh: Any):
+    """The lines of a pipe until it ends, or until it is closed or fails under us (no traceback)."""
+    try:
+        yield from fh
+    except (OSError, ValueError):
+        return
+
+
+MAX_SPEED = 1000.0
+
+
+def check_speed(speed: Any) -> float:
+    """A replay speed: a finite number, more than 0, at most MAX_SPEED (MomentsError otherwise)."""
+    try:
+        value = float(speed)
+    except (TypeError, ValueError, OverflowError):
+        value = float("nan")
+    if not (0 < value <= MAX_SPEED):  # NaN fails too
+        raise MomentsError(f"--speed must be a number more than 0 and at most {MAX_SPEED:g}, not {speed}")
+    return value
+
+
 class ReplaySource:
-    """Plays a recording at ``speed`` × its own pace, with pause, single step and seek."""
+    """Plays a recording at ``speed`` × its own pace, with pause, single step and seek.
+
+    The file is never held whole (``replay_file.ReplayFile``: an index of byte offsets every 1024
+    steps, blocks parsed on demand), so memory does not grow with the recording. A drain emits at most
+    ``MAX_DRAIN`` records (the rest follows on the next ones); a seek further than ``SEEK_WINDOW``
+    steps, or backwards, starts the UI over (a ``reset``) and replays the ``SEEK_WINDOW`` steps before
+    the target, which is more than the UI's statistics window holds.
+    """
 
     mode = "replay"
     can_record = False
     can_seek = True
+    MAX_DRAIN = 50_000
+    SEEK_WINDOW = 4096
 
     def __init__(self, path: str | Path, speed: float = 1.0, clock: Any = time.monotonic):
-        if speed <= 0:
-            raise MomentsError(f"--speed must be more than 0, not {speed}")
-        self.rec = recording.load(path)
+        from .replay_file import ReplayFile
+
+        speed = check_speed(speed)
+        self.file = ReplayFile(path)        # every record checked when its block is read
+        self.rec = self.file.rec            # header, footer, warnings
         self.speed = speed
         self._clock = clock
-        timeline = [r for r in self.rec.steps + self.rec.samples + self.rec.others if "t_ns" in r]
-        timeline.sort(key=lambda r: r["t_ns"])
-        self.timeline = timeline
-        self.step_positions = [i for i, r in enumerate(timeline) if r.get("type") == "step"]
-        self.pos = 0                 # next record of the timeline to emit
+        self.block, self.pos = 0, 0          # next record to emit: position ``pos`` of block ``block``
         self.paused = False
         self._pending: list[dict[str, Any]] = [self.rec.header]
         if self.rec.warnings:  # one line that says all of it: the status line shows the newest only
             self._pending.append({"type": "status", "level": "warning",
                                   "message": "recording: " + "; ".join(self.rec.warnings)})
-        first = self.step_positions[0] if self.step_positions else 0
-        self.play_t_ns = timeline[first]["t_ns"] if timeline else 0
+        self._skipped_said = 0
+        self._footer_sent = False
+        records, steps = self.file.block(0)
+        first = int(np.searchsorted(steps, 1, side="left")) - 1 if steps[-1] else 0
+        self.play_t_ns = records[first]["t_ns"] if records else 0
         self._last = None
 
     def start(self) -> None:
         self._last = self._clock()
 
-    def _emit_until(self, pos: int) -> list[dict[str, Any]]:
-        out = self.timeline[self.pos:pos]
-        self.pos = pos
+    def _emit(self, until_t_ns: float | None = None, to: tuple[int, int] | None = None,
+              limit: int | None = None) -> list[dict[str, Any]]:
+        """Records from the current position on, while ``t_ns <= until_t_ns`` or up to position ``to``."""
+        out: list[dict[str, Any]] = []
+        f = self.file
+        while self.block < f.n_blocks:
+            records, _ = f.block(self.block)
+            stop = len(records)
+            if to is not None and to[0] == self.block:
+                stop = to[1]
+            i = self.pos
+            while i < stop and (until_t_ns is None or records[i]["t_ns"] <= until_t_ns) \
+                    and (limit is None or len(out) < limit):
+                out.append(records[i])
+                i += 1
+            self.pos = i
+            if i < len(records) or self.block == f.n_blocks - 1 or (to is not None and to[0] == self.block):
+                break
+            self.block, self.pos = self.block + 1, 0
+        if f.skipped > self._skipped_said:
+            self._skipped_said = f.skipped
+            out.append({"type": "status", "level": "warning",
+                        "message": f"recording: skipped {f.skipped} bad line{'' if f.skipped == 1 else 's'}"})
         return out
 
     def drain(self) -> list[dict[str, Any]]:
@@ -188,22 +272,21 @@ class ReplaySource:
             self.play_t_ns += int((now - self._last) * 1e9 * self.speed)
         self._last = now
         if not self.paused:
-            end = self.pos
-            while end < len(self.timeline) and self.timeline[end]["t_ns"] <= self.play_t_ns:
-                end += 1
-            out += self._emit_until(end)
-            if self.finished and self.rec.footer is not None and not getattr(self, "_footer_sent", False):
+            out += self._emit(until_t_ns=self.play_t_ns, limit=self.MAX_DRAIN)
+            if self.finished and self.rec.footer is not None and not self._footer_sent:
                 self._footer_sent = True
                 out.append(self.rec.footer)
         return out
 
     @property
     def finished(self) -> bool:
-        return self.pos >= len(self.timeline)
+        f = self.file
+        return self.block >= f.n_blocks - 1 and self.pos >= len(f.block(f.n_blocks - 1)[0])
 
     @property
     def steps_played(self) -> int:
-        return sum(1 for p in self.step_positions if p < self.pos)
+        _, steps = self.file.block(self.block)
+        return self.file.base(self.block) + int(steps[min(self.pos, len(steps) - 1)])
 
     def toggle_pause(self) -> bool:
         self.paused = not self.paused
@@ -212,21 +295,32 @@ class ReplaySource:
     def step(self, n: int = 1) -> None:
         """Emit up to and including the next ``n`` steps (pauses playback)."""
         self.paused = True
-        self.seek_to_step(min(self.steps_played + n, len(self.step_positions)))
+        self.seek_to_step(min(self.steps_played + n, self.file.total))
 
     def seek_to_step(self, target: int) -> None:
-        """Position after ``target`` steps: forward emits the records between, backward replays from 0."""
-        target = max(0, min(target, len(self.step_positions)))
-        end = self.step_positions[target - 1] + 1 if target > 0 else 0
-        if end < self.pos:
-            self.pos = 0
+        """Position after ``target`` steps: forward emits the records between; backward, or further
+        than SEEK_WINDOW steps, starts over from the SEEK_WINDOW steps before the target."""
+        f = self.file
+        target = max(0, min(target, f.total))
+        played = self.steps_played
+        to = f.locate(target)
+        if to < (self.block, self.pos) or target - played > self.SEEK_WINDOW:
             self._footer_sent = False    # played to the end again, the footer goes out again
             self._pending.append({"type": "reset"})
-        self._pending += self._emit_until(end)
-        if self.pos:
-            self.play_t_ns = self.timeline[self.pos - 1]["t_ns"]
-        elif self.timeline:              # back at the start: playback goes on from there, not from before
-            self.play_t_ns = self.timeline[0]["t_ns"] - 1
+            self.block, self.pos = f.locate(max(target - self.SEEK_WINDOW, 0))
+            if target <= self.SEEK_WINDOW:
+                self.block, self.pos = 0, 0
+            to = f.locate(target)
+        self._pending += self._emit(to=to)
+        if (self.block, self.pos) > (0, 0):
+            records, _ = f.block(self.block)
+            b, i = (self.block, self.pos - 1) if self.pos else (self.block - 1, None)
+            recs = records if b == self.block else f.block(b)[0]
+            self.play_t_ns = recs[i if i is not None else len(recs) - 1]["t_ns"]
+        else:                            # back at the start: playback goes on from there, not from before
+            records, _ = f.block(0)
+            if records:
+                self.play_t_ns = records[0]["t_ns"] - 1
 
     def seek(self, delta_steps: int) -> None:
         self.seek_to_step(self.steps_played + delta_steps)
@@ -235,13 +329,18 @@ class ReplaySource:
         pass
 
     def note(self) -> str | None:
-        total = len(self.step_positions)
+        total = self.file.total
         state = "paused" if self.paused else ("finished" if self.finished else f"{self.speed:g}×")
         return f"step {self.steps_played}/{total} · {state}"
 
 
 class WatchSource(_Buffered):
-    """Follows a recording another process is writing: catches up, then tails it."""
+    """Follows a recording another process is writing: catches up, then tails it.
+
+    The file is watched while it is followed (``recording.follow(restart=True)``): truncated, replaced
+    by another session or deleted, the status line says so; a new session starts the UI over from
+    its header (a ``reset`` record first), never mixing two sessions. Bad lines are skipped and counted.
+    """
 
     mode = "watch"
     can_record = False
@@ -255,6 +354,10 @@ class WatchSource(_Buffered):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.writer_done = False
+        self.stats = recording.ReadStats()
+        self.event: str | None = None      # the last change seen: deleted / replaced / truncated / new-session
+        self.sessions = 0                  # headers seen
+        self._skipped_said = 0
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="moments-watch", daemon=True)
@@ -263,14 +366,38 @@ class WatchSource(_Buffered):
     def _run(self) -> None:
         try:
             for record in recording.follow(self.path, poll_s=self.poll_s, stop=self._stop,
-                                           wait_for_file_s=float("inf")):
+                                           wait_for_file_s=float("inf"), restart=True, stats=self.stats):
+                rtype = record.get("type")
+                if rtype == "follow":
+                    self.event = record["event"]
+                    if record.get("reset"):
+                        self.writer_done = False
+                        self._put({"type": "reset"})
+                    self._put({"type": "status", "level": "warning", "message": record["message"]})
+                    continue
+                if rtype == "header":
+                    self.sessions += 1
+                    if self.event == "deleted":
+                        self.event = None
                 self._put(record)
-                if record.get("type") == "footer":
+                self._say_skipped()
+                if rtype == "footer":
                     self.writer_done = True
                     self._put({"type": "status", "level": "info",
                                "message": f"the writer ended the session ({record.get('reason')})"})
         except MomentsError as exc:
             self._put({"type": "error", "message": str(exc)})
+        except Exception as exc:  # never a traceback from the follower's thread
+            self._put({"type": "error", "message": f"watch stopped: {type(exc).__name__}: {exc}"})
+
+    def _say_skipped(self) -> None:
+        stats = self.stats
+        if stats.skipped > self._skipped_said:
+            self._skipped_said = stats.skipped
+            line, why = stats.problems[-1] if stats.problems else (None, "")
+            first = f" (line {line}: {why})" if line is not None else ""
+            lines = f"{stats.skipped} bad line{'' if stats.skipped == 1 else 's'}"
+            self._put({"type": "status", "level": "warning", "message": f"{self.path}: skipped {lines}{first}"})
 
     def stop(self) -> None:
         self._stop.set()
@@ -278,6 +405,8 @@ class WatchSource(_Buffered):
             self._thread.join(2.0)
 
     def note(self) -> str | None:
+        if self.event == "deleted":
+            return "file deleted — waiting for a new session"
         if self.writer_done:
             return "writer finished"
         if not self.path.exists():
@@ -285,4 +414,6 @@ class WatchSource(_Buffered):
         idle = time.monotonic() - self.last_record_at
         if idle > self.idle_after_s:
             return f"no new data for {idle:.0f} s — writer stopped?"
+        if self.event in ("replaced", "truncated", "new-session") and idle < 5:
+            return f"file {self.event.replace('new-session', 'has a new session')} — following the new session"
         return "following"

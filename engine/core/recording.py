@@ -1,14 +1,19 @@
 """JSON Lines recordings (schema ``moments/1``): a crash-safe writer, a tolerant reader, a follower.
 
 One JSON object per line. The writer flushes after every step so that a process killed at any point
-leaves a file whose complete lines all load; the reader keeps everything before a cut-off last line
-and refuses a newer major schema with one clear line.
+leaves a file whose complete lines all load; the reader checks every line (strict JSON, each record
+against the header), skips and counts the bad ones wherever they are (a cut-off last line too), and
+refuses a bad header or a newer major schema with one clear line. ``iter_records`` / ``RecordReader``
+stream a file in bounded memory; ``follow`` tails one that is being written.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,63 +29,166 @@ class RecordingError(MomentsError):
     """A file that cannot be read as a recording (not JSON Lines, no header, newer schema)."""
 
 
-def check_writable(path: str | os.PathLike, what: str = "record to", example: str = "run.jsonl") -> Path:
-    """Fail early (before a model loads) if ``path`` cannot be created; return it resolved."""
+_SPECIAL_ROOTS = ("/proc", "/sys", "/dev")
+
+
+def check_writable(path: str | os.PathLike, what: str = "record to", example: str = "run.jsonl",
+                   regular: bool = False) -> Path:
+    """Fail early (before a model loads) if ``path`` cannot be created; return it resolved.
+
+    ``regular``: the target must be a regular file on an ordinary file system (a recording): a device,
+    a pipe, or a file under /proc, /sys or /dev is refused (``/dev/full`` fails every write, a
+    ``/proc`` file takes nothing, and neither would ever hold a recording).
+    """
     p = Path(path).expanduser()
     if p.is_dir():
         raise MomentsError(f"cannot {what} {p}: it is a directory; give a file name such as {p / example}")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise MomentsError(f"cannot {what} {p}: folder {parent} does not exist")
+    if regular:
+        real = p.resolve()
+        if (real.exists() and not real.is_file()) or any(
+                real == Path(root) or Path(root) in real.parents for root in _SPECIAL_ROOTS):
+            raise MomentsError(f"cannot {what} {p}: not a regular file (a recording needs one; "
+                               f"give a file name such as {example})")
     if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
         raise MomentsError(f"cannot {what} {p}: permission denied")
     return p
+
+
+def check_record_path(path: str | os.PathLike) -> Path:
+    """``check_writable`` for a recording: also refuses special files (see there)."""
+    return check_writable(path, regular=True)
+
+
+class RecordingLost(MomentsError):
+    """A write to the recording failed (disk full, EIO): the file was closed after its last complete
+    step. Raised once, by the write or flush that failed; the message says how many steps are on disk."""
+
+    def __init__(self, message: str, steps: int, path: Path):
+        super().__init__(message)
+        self.steps, self.path = steps, path
 
 
 class Recorder:
     """Writes one session to a JSON Lines file.
 
     Opened before the model loads (so a bad path fails fast), the header is written once the layers
-    are known. Only one thread writes (the monitor's worker); steps and footers flush, samples ride
-    along with the next flush.
+    are known. Only one thread writes (the monitor's worker). Records are kept in memory until the
+    next flush; steps and footers flush (unless the caller batches), samples ride along with the next
+    flush.
+
+    A failed write (disk full, EIO, a file-size limit) never leaves a torn file behind: the file is cut
+    back to the end of the last flush that succeeded (complete lines only), a footer with reason
+    ``error`` is tried, the file is closed, and ``RecordingLost`` is raised once; later writes are
+    no-ops. ``steps_on_disk`` counts the steps the file holds.
+
+    ``fh``: a binary file object to write to instead of opening ``path`` (tests inject failing ones).
     """
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = check_writable(path)
-        try:
-            self._fh: IO[str] | None = open(self.path, "w", encoding="utf-8")
-        except OSError as exc:
-            raise MomentsError(f"cannot record to {self.path}: {exc.strerror or exc}") from None
+    def __init__(self, path: str | os.PathLike, fh: IO[bytes] | None = None):
+        self.path = check_record_path(path)
+        if fh is None:
+            try:
+                fh = open(self.path, "wb", buffering=0)
+            except OSError as exc:
+                raise MomentsError(f"cannot record to {self.path}: {exc.strerror or exc}") from None
+        self._fh: IO[bytes] | None = fh
+        self._pending: list[bytes] = []
+        self._pending_steps = 0
+        self._good_bytes = 0          # the file's length after the last flush that succeeded
         self.header_written = False
-        self.steps_written = 0
+        self.steps_written = 0        # steps handed to write()
+        self.steps_on_disk = 0        # steps in the file (flushed)
         self.closed = False
+        self.lost: str | None = None  # why the recording stopped early, once it did
 
     def flush(self) -> None:
-        if self._fh is not None:
-            self._fh.flush()
+        """Write what is pending; raises RecordingLost (once) if the file refuses it."""
+        if self._fh is None or not self._pending:
+            return
+        data = b"".join(self._pending)
+        view = memoryview(data)
+        try:
+            while view:
+                n = self._fh.write(view)
+                if n is None:  # a non-blocking sink: nothing was taken
+                    raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+                view = view[n:]
+        except (OSError, ValueError) as exc:
+            self._fail(exc)
+        self._good_bytes += len(data)
+        self._pending.clear()
+        self.steps_on_disk += self._pending_steps
+        self._pending_steps = 0
 
     def write(self, record: dict[str, Any], flush: bool | None = None) -> None:
         """Append one record; ``flush`` None: flush unless it is a sample (callers that batch pass False)."""
         if self._fh is None:
             return
-        self._fh.write(json.dumps(record, separators=(",", ":"), allow_nan=False, default=_json_default))
-        self._fh.write("\n")
+        line = json.dumps(record, separators=(",", ":"), allow_nan=False, default=_json_default) + "\n"
+        self._pending.append(line.encode("utf-8"))
         rtype = record.get("type")
         if rtype == "header":
             self.header_written = True
         elif rtype == "step":
             self.steps_written += 1
+            self._pending_steps += 1
         # Samples ride along with the next flush; everything else reaches the disk at once.
         if flush or (flush is None and rtype != "sample"):
-            self._fh.flush()
+            self.flush()
+
+    def _fail(self, exc: BaseException) -> None:
+        """The file refused a write: keep its complete lines, try a footer, close, say so once."""
+        fh, self._fh = self._fh, None
+        self._pending.clear()
+        self._pending_steps = 0
+        self.closed = True
+        why = _why(exc)
+        steps = self.steps_on_disk
+        if not self.header_written or self._good_bytes == 0:
+            steps = 0
+        try:  # a partial line may have gone out: cut the file back to its last complete record
+            fh.truncate(self._good_bytes)
+            if self._good_bytes:  # a footer, so readers know why it ends here; may itself not fit
+                fh.seek(self._good_bytes)
+                fh.write((json.dumps({"type": "footer", "steps": steps, "reason": "error",
+                                      "error": f"recording stopped: {why}"}, separators=(",", ":"))
+                          + "\n").encode("utf-8"))
+        except (OSError, ValueError):
+            pass
+        try:
+            fh.close()
+        except (OSError, ValueError):
+            pass
+        if self._good_bytes == 0:
+            self.lost = f"recording stopped: {why}; nothing was recorded to {self.path}"
+        elif steps == 0:
+            self.lost = f"recording stopped: {why} after 0 steps; {self.path} holds only its header"
+        else:
+            self.lost = (f"recording stopped: {why} after {steps} step{'' if steps == 1 else 's'}; "
+                         f"{'they are' if steps != 1 else 'it is'} safely in {self.path}")
+        raise RecordingLost(self.lost, steps, self.path) from None
 
     def close(self, footer: dict[str, Any] | None = None) -> None:
-        """Write the footer (if a header went out) and close; remove the file if nothing was written."""
+        """Write the footer (if a header went out) and close; remove the file if nothing was written.
+
+        Never raises: a failure here is reported through ``lost`` (the caller that stops a session
+        cannot do anything else about it)."""
         if self._fh is None:
             return
-        if footer is not None and self.header_written:
-            self.write(footer, flush=True)
-        self._fh.close()
+        try:
+            if footer is not None and self.header_written:
+                self.write(footer, flush=True)
+            else:
+                self.flush()
+        except RecordingLost:
+            return
+        try:
+            self._fh.close()
+        except (OSError, ValueError):
+            pass
         self._fh = None
         self.closed = True
         if not self.header_written:
@@ -89,6 +197,15 @@ class Recorder:
                 self.path.unlink()
             except OSError:
                 pass
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "disk full"
+    if isinstance(exc, OSError) and (exc.errno or exc.strerror):
+        text = os.strerror(exc.errno) if exc.errno else exc.strerror  # "Input/output error", "File too large"
+        return text[0].lower() + text[1:]
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _json_default(obj: Any) -> Any:
@@ -109,6 +226,7 @@ class Recording:
     others: list[dict[str, Any]] = field(default_factory=list)
     footer: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+    skipped: int = 0                     # lines that were not loaded (bad JSON, bad values, cut off)
 
     @property
     def layer_names(self) -> list[str]:
@@ -120,13 +238,266 @@ class Recording:
         return self.footer is None
 
 
+# -- parsing and validation: one line at a time ------------------------------------------------------
+#
+# A reader never trusts a line: it is parsed strictly (no NaN / Infinity, no number that overflows a
+# float, nesting and integer size errors caught) and every record is checked against the header
+# (types, lengths of the per-layer arrays, finite non-negative times, a known step kind). A bad line
+# is skipped and counted, wherever it is; only a bad or missing header makes a file unreadable.
+
+MAX_LINE_BYTES = 64 << 20      # a longer line is skipped unread (no recording writes one)
+MAX_PROBLEMS = 5               # bad lines named in the warning; the rest are counted
+MAX_NUMBER = 1e15              # a value beyond this (ms, MHz, tokens, ...) is not a measurement
+MAX_T_NS = 10 ** 18            # 31 years from the session's start
+MAX_LAYERS = 1_000_000
+STEP_KINDS = frozenset({"prefill", "decode", "encode"})
+_NUMERIC_SUFFIXES = ("_mhz", "_pct", "_ms", "_ns", "_w", "_c", "_hz", "_flops", "_per_s")
+_TEXT_KEYS = ("message", "level", "path", "reason", "error", "source", "variant", "name")
+
+
+class BadLine(ValueError):
+    """One line that is not a usable record; the message says what is wrong with it."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise BadLine(f"{name} is not a number JSON allows")
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise BadLine(f"the number {text[:20]}{'…' if len(text) > 20 else ''} is out of range")
+    return value
+
+
+# Floats that overflow to inf have a 3-digit exponent (checked while parsing, only on lines that have
+# one: a hook per float costs) or 309+ digits (rarer still: ``_has_nonfinite`` after parsing).
+_MAYBE_HUGE = re.compile(r"[eE][+-]?[0-9]{3}")
+
+
+def _has_nonfinite(v: Any, depth: int = 0) -> bool:
+    t = type(v)
+    if t is float:
+        return not math.isfinite(v)
+    if t is list:
+        return any(_has_nonfinite(x, depth + 1) for x in v) if depth < 64 else False
+    if t is dict:
+        return any(_has_nonfinite(x, depth + 1) for x in v.values()) if depth < 64 else False
+    return False
+
+
+def parse_line(line: str | bytes) -> Any:
+    """One JSON value from one line, strictly: raises ``BadLine`` (with the reason) instead of anything
+    else (bad UTF-8, bad JSON, NaN / Infinity, numbers out of range, nesting too deep, 4300+ digits)."""
+    if isinstance(line, (bytes, bytearray)):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadLine("not UTF-8 text") from None
+    try:
+        if _MAYBE_HUGE.search(line):  # a float that may overflow to inf: check each (slow) only then
+            return json.loads(line, parse_constant=_reject_constant, parse_float=_parse_float)
+        return json.loads(line, parse_constant=_reject_constant)
+    except BadLine:
+        raise
+    except json.JSONDecodeError as exc:
+        raise BadLine(f"not valid JSON: {exc.msg[:1].lower()}{exc.msg[1:]}, column {exc.colno}") from None
+    except RecursionError:
+        raise BadLine("nested too deep") from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise BadLine(f"not a usable JSON value ({str(exc).split(';')[0][:80]})") from None
+
+
+def _is_num(v: Any) -> bool:
+    return type(v) is int or type(v) is float  # not bool
+
+
+def _num_problem(key: str, v: Any, *, required: bool = False, lo: float | None = 0.0,
+                 hi: float = MAX_NUMBER, integer: bool = False) -> str | None:
+    if v is None:
+        return f"{key} is missing" if required else None
+    if not _is_num(v) or (integer and type(v) is not int):
+        return f"{key} is {type(v).__name__}, not {'an integer' if integer else 'a number'}"
+    if lo is not None and v < lo:
+        return f"{key} is negative ({v})"
+    if not -hi <= v <= hi:
+        return f"{key} is out of range"
+    return None
+
+
+_NUM_TYPES = frozenset({int, float, type(None)})
+
+
+def _array_problem(key: str, v: Any, n: int, *, required: bool = False, nonneg: bool = True) -> str | None:
+    if v is None:
+        return f"{key} is missing" if required else None
+    if type(v) is not list:
+        return f"{key} is {type(v).__name__}, not a list"
+    if len(v) != n:
+        return f"{key} has {len(v)} values, the header has {n} layers"
+    if not set(map(type, v)) <= _NUM_TYPES:
+        bad = next(x for x in v if type(x) not in _NUM_TYPES)
+        return f"{key} holds a {type(bad).__name__}, not a number"
+    try:
+        lo, hi = min(v), max(v)
+        if lo is None or hi is None:  # a list of one None compares nothing
+            raise TypeError
+    except TypeError:  # None among the numbers (a layer that did not run)
+        vals = [x for x in v if x is not None]
+        lo, hi = (min(vals), max(vals)) if vals else (0, 0)
+    except ValueError:  # no layers
+        return None
+    if nonneg and lo < 0:
+        return f"{key} holds a negative value ({lo})"
+    if hi > MAX_NUMBER or lo < -MAX_NUMBER:
+        return f"{key} holds a value out of range"
+    return None
+
+
+def _fields_problem(obj: dict[str, Any]) -> str | None:
+    """Rules that hold for every record: numbers where a unit says so, text where text is expected."""
+    for key, v in obj.items():
+        if v is None:
+            continue
+        if key.endswith(_NUMERIC_SUFFIXES) and not (type(v) is list and (key.startswith("layer_") or key == "comm_ms")):
+            problem = _num_problem(key, v, lo=None, hi=MAX_T_NS if key.endswith("_ns") else MAX_NUMBER)
+            if problem:
+                return problem
+        elif key in _TEXT_KEYS and type(v) is not str:
+            return f"{key} is {type(v).__name__}, not text"
+    return None
+
+
+_STEP_LAYER_ARRAYS = ("layer_cycles", "layer_calls", "layer_start_ms", "layer_nested_calls", "comm_ms")
+_STEP_COUNTS = ("tokens", "batch", "seq_len", "past_len", "clock_samples", "cycles")
+_STEP_CHECKED = frozenset({"layer_ms", *_STEP_LAYER_ARRAYS, "kv_len", "head_tokens"})  # values bounded there
+
+
+def _step_problem(obj: dict[str, Any], n_layers: int) -> str | None:
+    index = obj.get("index")
+    if type(index) is not int:
+        return "index is missing" if index is None else f"index is {type(index).__name__}, not an integer"
+    if not 0 <= index <= MAX_T_NS:
+        return f"index is out of range ({index})" if index >= 0 else f"index is negative ({index})"
+    kind = obj.get("kind")
+    if kind not in STEP_KINDS:
+        return f"kind {str(kind)[:20]!r} is not one of prefill, decode, encode"
+    problem = (_num_problem("t_ns", obj.get("t_ns"), required=True, hi=MAX_T_NS)
+               or _array_problem("layer_ms", obj.get("layer_ms"), n_layers, required=True))
+    if problem:
+        return problem
+    for key in _STEP_LAYER_ARRAYS:
+        if key in obj:
+            problem = _array_problem(key, obj[key], n_layers)
+            if problem:
+                return problem
+    for key in _STEP_COUNTS:
+        problem = _num_problem(key, obj.get(key))
+        if problem:
+            return problem
+    for key in ("wall_ms", "host_ms", "clock_mhz"):
+        problem = _num_problem(key, obj.get(key))
+        if problem:
+            return problem
+    if obj.get("hooks_fired") not in (None, True, False):
+        return "hooks_fired is not true or false"
+    reasons = obj.get("throttle_reasons")
+    if reasons is not None and (type(reasons) is not list or not all(type(r) is str for r in reasons)):
+        return "throttle_reasons is not a list of names"
+    kv = obj.get("kv_len")
+    if kv is not None and not (_is_num(kv) and 0 <= kv <= MAX_NUMBER) and _array_problem(
+            "kv_len", kv, len(kv) if type(kv) is list else -1) is not None:
+        return "kv_len is not a count or a list of counts"
+    heads = obj.get("head_tokens")
+    if heads is not None and _array_problem("head_tokens", heads, len(heads) if type(heads) is list else -1):
+        return "head_tokens is not a list of counts"
+    if any(_has_nonfinite(v) for k, v in obj.items() if k not in _STEP_CHECKED):
+        return "a number out of range"
+    return _fields_problem(obj)
+
+
+def check_record(obj: Any, n_layers: int) -> str | None:
+    """What is wrong with one record (not the header) of a file whose header lists ``n_layers``
+    layers; None when it can be used. Unknown record types pass (readers ignore what they do not know)."""
+    if type(obj) is not dict:
+        return f"a JSON {type(obj).__name__}, not a record"
+    rtype = obj.get("type")
+    if type(rtype) is not str:
+        return "a record without a type"
+    if rtype == "step":
+        return _step_problem(obj, n_layers)
+    if any(_has_nonfinite(v) for v in obj.values()):
+        return "a number out of range"
+    problem = _num_problem("t_ns", obj.get("t_ns"), hi=MAX_T_NS)
+    if problem:
+        return problem
+    if rtype == "sample":
+        if obj.get("t_ns") is None:
+            return "t_ns is missing"
+        reasons = obj.get("throttle_reasons")
+        if reasons is not None and (type(reasons) is not list or not all(type(r) is str for r in reasons)):
+            return "throttle_reasons is not a list of names"
+    elif rtype == "footer":
+        problem = _num_problem("steps", obj.get("steps"), integer=True)
+        if problem:
+            return problem
+    return _fields_problem(obj)
+
+
+def _header_problem(record: dict[str, Any]) -> str | None:
+    layers = record["layers"]
+    if not layers:  # every session has at least one (a model without children is its own layer)
+        return "its header lists no layers"
+    if len(layers) > MAX_LAYERS:
+        return f"its header lists {len(layers)} layers"
+    for i, layer in enumerate(layers):
+        if type(layer) is not dict:
+            return f"layer {i} of its header is not an object"
+        if type(layer.get("name")) is not str:
+            return f"layer {i} of its header has no name"
+        parent = layer.get("parent")
+        if parent is not None and (type(parent) is not int or not 0 <= parent < len(layers) or parent == i):
+            return f"layer {i} of its header has a bad parent ({str(parent)[:20]})"
+    for i in range(len(layers)):  # no cycles: every chain of parents ends
+        j, hops = i, 0
+        while layers[j].get("parent") is not None:
+            j, hops = layers[j]["parent"], hops + 1
+            if hops > len(layers):
+                return f"layer {i} of its header is its own ancestor"
+    for key in ("model", "device", "clock", "roof", "work", "run", "tool", "dist", "clock_origin"):
+        if record.get(key) is not None and type(record[key]) is not dict:
+            return f"its header's {key} is {type(record[key]).__name__}, not an object"
+    for key in ("depth", "timer"):
+        if record.get(key) is not None and type(record[key]) is not str:
+            return f"its header's {key} is not text"
+    for key in ("clock", "roof"):
+        problem = _fields_problem(record.get(key) or {})
+        if problem:
+            return f"its header's {key}: {problem}"
+    for key in ("peak_flops", "peak_bytes_per_s"):
+        problem = _num_problem(key, (record.get("roof") or {}).get(key), lo=None)
+        if problem:
+            return f"its header's roof: {problem}"
+    work = (record.get("work") or {}).get("layers")
+    if work is not None:
+        if type(work) is not list or len(work) != len(layers):
+            return "its header's work table does not have one row per layer"
+        for row in work:
+            if type(row) is not list or not 6 <= len(row) <= 16 or _array_problem("work", row, len(row), nonneg=False):
+                return "its header's work table holds a row that is not 6 to 8 numbers"
+            if any(not (type(v) is int or (type(v) is float and v.is_integer())) or not -1 <= v <= MAX_LAYERS
+                   for v in row[6:8]):
+                return "its header's work table holds a bad head or cache index"
+    return None
+
+
 def check_header(record: Any, where: str) -> dict[str, Any]:
     """Validate a header record; raise RecordingError with one line if it is not one we can read."""
     if not isinstance(record, dict) or record.get("type") != "header":
         raise RecordingError(f"{where} is not a moments recording: its first line is not a header")
-    schema = str(record.get("schema", ""))
+    schema = str(record.get("schema", ""))[:40]
     name, _, version = schema.partition("/")
-    if name != "moments" or not version.split(".")[0].isdigit():
+    if name != "moments" or not version.split(".")[0].isdigit() or len(version.split(".")[0]) > 6:
         raise RecordingError(f"{where} is not a moments recording: unknown schema {schema!r}")
     major = int(version.split(".")[0])
     if major != SCHEMA_MAJOR:
@@ -136,57 +507,195 @@ def check_header(record: Any, where: str) -> dict[str, Any]:
         )
     if not isinstance(record.get("layers"), list):
         raise RecordingError(f"{where} is not a moments recording: its header has no layer list")
+    problem = _header_problem(record) or ("a number in its header is out of range" if _has_nonfinite(record) else None)
+    if problem:
+        raise RecordingError(f"{where} cannot be read: {problem}")
     return record
 
 
-def load(path: str | os.PathLike) -> Recording:
-    """Read a whole recording. A cut-off last line is dropped with a warning; a bad line elsewhere too."""
+# -- the streaming reader ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReadStats:
+    """What a reader has seen so far; updated as it goes (a running count)."""
+
+    lines: int = 0                       # lines read, the header's included
+    records: int = 0                     # records yielded (not the header)
+    skipped: int = 0                     # bad lines skipped
+    problems: list[tuple[int, str]] = field(default_factory=list)  # the first MAX_PROBLEMS: (line, reason)
+    cut_off: bool = False                # the last line had no newline and could not be read
+    footer: dict[str, Any] | None = None
+    ended_at_header: int | None = None   # line of a second header (another session): reading stopped there
+
+    def skip(self, lineno: int, reason: str) -> None:
+        self.skipped += 1
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append((lineno, reason))
+
+    def warnings(self) -> list[str]:
+        """The warnings a command prints: one per kind of trouble, each one line."""
+        out = []
+        bad = [(n, why) for n, why in self.problems if not (self.cut_off and n == self.lines)]
+        n_bad = self.skipped - (1 if self.cut_off else 0)
+        if n_bad:
+            named = "; ".join(f"line {n}: {why}" for n, why in bad)
+            more = f"; and {n_bad - len(bad)} more" if n_bad > len(bad) else ""
+            out.append(f"skipped {n_bad} bad line{'' if n_bad == 1 else 's'} ({named}{more})")
+        if self.cut_off:
+            out.append(f"the last line ({self.lines}) is cut off; kept the {self.lines - 1} lines before it")
+        if self.ended_at_header is not None:
+            out.append(f"line {self.ended_at_header} starts another session (a second header); "
+                       f"read the first session only")
+        if self.footer is None and self.ended_at_header is None:
+            out.append("no footer: the session did not end cleanly (killed, or still being written)")
+        return out
+
+
+def _open(path: str | os.PathLike) -> tuple[Path, IO[bytes]]:
     p = Path(path).expanduser()
     try:
-        fh = open(p, "r", encoding="utf-8")
+        return p, open(p, "rb")
     except FileNotFoundError:
         raise RecordingError(f"no such recording: {p}") from None
     except IsADirectoryError:
         raise RecordingError(f"{p} is a directory, not a recording") from None
     except OSError as exc:
         raise RecordingError(f"cannot read {p}: {exc.strerror or exc}") from None
-    with fh:
+
+
+def _read_line(fh: IO[bytes]) -> tuple[bytes | None, bool] | None:
+    """(line without its newline, whether it had one); None at the end. Too long: (None, ...)
+    after skipping to the next newline."""
+    line = fh.readline(MAX_LINE_BYTES + 1)
+    if not line:
+        return None
+    if line.endswith(b"\n"):
+        return line[:-1], True
+    if len(line) <= MAX_LINE_BYTES:
+        return line, False  # the last line, cut off (or not yet finished)
+    while True:  # skip the rest of an overlong line
+        more = fh.readline(MAX_LINE_BYTES)
+        if not more or more.endswith(b"\n"):
+            return None, more.endswith(b"\n")
+
+
+class RecordReader:
+    """Streams one recording: the header is checked when it opens (``RecordingError``, one line),
+    then iterating yields every usable record after it, in file order, skipping and counting
+    (``stats``) the lines that are not; memory stays bounded by one line."""
+
+    def __init__(self, path: str | os.PathLike, stats: ReadStats | None = None):
+        self.path, self._fh = _open(path)
+        self.stats = stats if stats is not None else ReadStats()
         try:
-            lines = fh.read().split("\n")
-        except UnicodeDecodeError:
-            raise RecordingError(f"{p} is not a moments recording: it is not text") from None
-    ends_with_newline = lines[-1] == ""
-    if ends_with_newline:
-        lines.pop()
-    if not lines:
-        raise RecordingError(f"{p} is empty: nothing was recorded")
-    rec: Recording | None = None
-    for lineno, line in enumerate(lines, 1):
-        is_last = lineno == len(lines)
+            self.header = self._read_header()
+        except BaseException:
+            self._fh.close()
+            raise
+
+    def _read_header(self) -> dict[str, Any]:
+        p = self.path
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            if rec is None:
+            got = _read_line(self._fh)
+        except OSError as exc:
+            raise RecordingError(f"cannot read {p}: {exc.strerror or exc}") from None
+        if got is None:
+            raise RecordingError(f"{p} is empty: nothing was recorded")
+        self.stats.lines += 1
+        raw, _ = got
+        if raw is None:
+            raise RecordingError(f"{p} is not a moments recording: line 1 is longer than {MAX_LINE_BYTES >> 20} MiB")
+        if not raw.strip():
+            raise RecordingError(f"{p} is not a moments recording: line 1 is empty")
+        try:
+            obj = parse_line(raw)
+        except BadLine as exc:
+            if "UTF-8" in str(exc) or b"\x00" in raw:
+                raise RecordingError(f"{p} is not a moments recording: it is not text") from None
+            if str(exc).startswith("not valid JSON"):
                 raise RecordingError(f"{p} is not a moments recording: line 1 is not JSON") from None
-            if is_last and not ends_with_newline:
-                rec.warnings.append(f"the last line ({lineno}) is cut off; kept the {lineno - 1} lines before it")
-            else:
-                rec.warnings.append(f"line {lineno} is not valid JSON; skipped")
-            continue
-        if rec is None:
-            rec = Recording(path=p, header=check_header(obj, str(p)))
-            continue
+            raise RecordingError(f"{p} is not a moments recording: line 1: {exc}") from None
+        return check_header(obj, str(p))
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        stats, n_layers = self.stats, len(self.header["layers"])
+        try:
+            while True:
+                try:
+                    got = _read_line(self._fh)
+                except OSError as exc:
+                    stats.skip(stats.lines + 1, f"cannot read: {exc.strerror or exc}")
+                    return
+                if got is None:
+                    return
+                stats.lines += 1
+                raw, complete = got
+                if raw is None:
+                    stats.skip(stats.lines, f"longer than {MAX_LINE_BYTES >> 20} MiB")
+                    continue
+                if not raw.strip():
+                    continue
+                try:
+                    obj = parse_line(raw)
+                except BadLine as exc:
+                    if not complete:
+                        stats.cut_off = True
+                    stats.skip(stats.lines, str(exc) if complete else "cut off")
+                    continue
+                problem = check_record(obj, n_layers)
+                if problem is None and obj["type"] == "header":
+                    stats.ended_at_header = stats.lines
+                    return
+                if problem is not None:
+                    if not complete:
+                        stats.cut_off = True
+                    stats.skip(stats.lines, problem)
+                    continue
+                if obj["type"] == "footer":
+                    stats.footer = obj
+                stats.records += 1
+                yield obj
+        finally:
+            self._fh.close()
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> "RecordReader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The checked header of a recording (``RecordingError``, one line, if it has none we can read)."""
+    with RecordReader(path) as reader:
+        return reader.header
+
+
+def iter_records(path: str | os.PathLike, stats: ReadStats | None = None) -> Iterator[dict[str, Any]]:
+    """Every usable record after the header, validated against it, one at a time (bounded memory).
+    Pass a ``ReadStats`` to see the running count of skipped lines and, at the end, ``stats.warnings()``.
+    The header is checked first: a bad one raises ``RecordingError`` when iteration starts."""
+    reader = RecordReader(path, stats)
+    yield from reader
+
+
+def load(path: str | os.PathLike) -> Recording:
+    """Read a whole recording. Bad lines anywhere are skipped and counted (a warning names the first
+    few); a cut-off last line too; a bad or missing header raises RecordingError with one line."""
+    reader = RecordReader(path)
+    rec = Recording(path=reader.path, header=reader.header)
+    for obj in reader:
         _file_record(rec, obj)
-    assert rec is not None
-    if rec.footer is None:
-        rec.warnings.append("no footer: the session did not end cleanly (killed, or still being written)")
+    rec.skipped = reader.stats.skipped
+    rec.warnings = reader.stats.warnings()
     return rec
 
 
-def _file_record(rec: Recording, obj: Any) -> None:
-    if not isinstance(obj, dict):
-        rec.warnings.append("a line that is not a JSON object was skipped")
-        return
+def _file_record(rec: Recording, obj: dict[str, Any]) -> None:
     rtype = obj.get("type")
     if rtype == "step":
         rec.steps.append(obj)
@@ -198,6 +707,52 @@ def _file_record(rec: Recording, obj: Any) -> None:
         rec.others.append(obj)
 
 
+# -- following a file that is being written ----------------------------------------------------------
+
+
+def _header_from_line(raw: bytes, where: str) -> dict[str, Any]:
+    try:
+        obj = parse_line(raw)
+    except BadLine as exc:
+        if "UTF-8" in str(exc):
+            raise RecordingError(f"{where} is not a moments recording: it is not text") from None
+        raise RecordingError(f"{where} is not a moments recording: line 1 is not JSON") from None
+    return check_header(obj, where)
+
+
+def _change(p: Path, fh: IO[bytes], ident: tuple[int, int], offset: int, consumed: int,
+            probe: bytes) -> str | None:
+    """What happened to the file at ``p`` since it was opened as ``fh``: "deleted", "replaced" (another
+    file at the path), "truncated" (shorter than what was read, or its start rewritten), or None."""
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        return "deleted"
+    except OSError:
+        return None
+    if (st.st_dev, st.st_ino) != ident:
+        return "replaced"
+    if st.st_size < offset:
+        return "truncated"
+    try:  # cut and rewritten past our offset between two looks: its first line or a line end moved
+        fd = fh.fileno()
+        if probe and os.pread(fd, len(probe), 0) != probe:
+            return "truncated"
+        if consumed and os.pread(fd, 1, consumed - 1) != b"\n":
+            return "truncated"
+    except OSError:
+        return None
+    return None
+
+
+_CHANGE_WORDS = {
+    "deleted": "was deleted; waiting for a new session to appear there",
+    "replaced": "was replaced by another file; following the new session from its header",
+    "truncated": "was truncated (rewritten); following the new session from its header",
+    "new-session": "holds a new session (a second header); following it from its header",
+}
+
+
 def follow(
     path: str | os.PathLike,
     *,
@@ -205,51 +760,145 @@ def follow(
     stop: Any = None,
     idle_timeout_s: float | None = None,
     wait_for_file_s: float = 0.0,
+    restart: bool = False,
+    stats: ReadStats | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield records from a file another process is still writing, catching up with what is there.
 
-    Only complete lines are yielded; a partial last line waits for its newline. Ends after the
-    footer, when ``stop`` (a threading.Event) is set, or when the file has not grown for
-    ``idle_timeout_s`` seconds (None: wait for ever). The first record yielded is the checked header.
+    Only complete lines are yielded; a partial last line waits for its newline. Every line is checked
+    like ``iter_records`` does (bad ones are skipped and counted in ``stats``). The first record yielded
+    is the checked header (a bad one raises RecordingError, one line). Ends after the footer, when
+    ``stop`` (a threading.Event) is set, or when the file has not grown for ``idle_timeout_s`` seconds
+    (None: wait for ever).
+
+    The file is watched while it is followed: deleted, replaced by another file (a new inode or
+    device), truncated (shorter than what was read, or its first line rewritten) or given a second
+    header (a new session appended). ``restart`` False: that raises RecordingError. ``restart`` True:
+    it yields ``{"type": "follow", "event": "deleted" | "replaced" | "truncated" | "new-session",
+    "reset": bool, "message": ...}`` (``reset``: the records before belong to another session) and
+    goes on with the new session's header, waiting for the path to reappear after a deletion; the
+    footer does not end it then (a new session may follow).
     """
     p = Path(path).expanduser()
+    stats = stats if stats is not None else ReadStats()
     deadline = time.monotonic() + wait_for_file_s
-    while True:
-        try:
-            fh = open(p, "r", encoding="utf-8")
-            break
-        except FileNotFoundError:
-            if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
-                raise RecordingError(f"no such recording: {p}") from None
-            time.sleep(poll_s)
-        except OSError as exc:
-            raise RecordingError(f"cannot read {p}: {exc.strerror or exc}") from None
-    with fh:
-        pending = ""
-        header_seen = False
-        last_growth = time.monotonic()
-        while stop is None or not stop.is_set():
-            chunk = fh.read()
-            if chunk:
+
+    def open_file(wait_s: float) -> IO[bytes] | None:
+        until = time.monotonic() + wait_s
+        while True:
+            try:
+                return open(p, "rb")
+            except FileNotFoundError:
+                if time.monotonic() >= until or (stop is not None and stop.is_set()):
+                    return None
+                time.sleep(poll_s)
+            except IsADirectoryError:
+                raise RecordingError(f"{p} is a directory, not a recording") from None
+            except OSError as exc:
+                raise RecordingError(f"cannot read {p}: {exc.strerror or exc}") from None
+
+    fh = open_file(max(deadline - time.monotonic(), 0.0))
+    if fh is None:
+        raise RecordingError(f"no such recording: {p}")
+
+    def event(kind: str, reset: bool) -> dict[str, Any]:
+        return {"type": "follow", "event": kind, "reset": reset, "message": f"{p} {_CHANGE_WORDS[kind]}"}
+
+    try:
+        while True:  # one file (and session) per pass
+            st = os.fstat(fh.fileno())
+            ident = (st.st_dev, st.st_ino)
+            header: dict[str, Any] | None = None
+            n_layers = 0
+            pending = b""
+            overlong = False
+            offset = consumed = lineno = 0
+            probe = b""
+            ended = False           # the footer came: only a new session is of interest now
+            changed: str | None = None
+            last_growth = time.monotonic()
+            while changed is None:
+                if stop is not None and stop.is_set():
+                    return
+                try:
+                    chunk = fh.read(1 << 20)
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    changed = _change(p, fh, ident, offset, consumed, probe)
+                    if changed is not None:
+                        break
+                    if idle_timeout_s is not None and time.monotonic() - last_growth > idle_timeout_s:
+                        return
+                    time.sleep(poll_s)
+                    continue
                 last_growth = time.monotonic()
+                offset += len(chunk)
                 pending += chunk
-                *complete, pending = pending.split("\n")
-                for line in complete:
-                    if not line.strip():
+                *complete, pending = pending.split(b"\n")
+                if not complete and len(pending) > MAX_LINE_BYTES and not overlong:
+                    overlong, pending = True, b""
+                for raw in complete:
+                    consumed += len(raw) + 1
+                    lineno += 1
+                    if overlong:
+                        overlong = False
+                        stats.lines += 1
+                        stats.skip(lineno, f"longer than {MAX_LINE_BYTES >> 20} MiB")
+                        continue
+                    if not raw.strip():
+                        continue
+                    stats.lines += 1
+                    if header is None:
+                        header = _header_from_line(raw, str(p))
+                        n_layers = len(header["layers"])
+                        probe = raw[:4096]
+                        yield header
                         continue
                     try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError:
-                        if not header_seen:
-                            raise RecordingError(f"{p} is not a moments recording: line 1 is not JSON") from None
+                        obj = parse_line(raw)
+                    except BadLine as exc:
+                        stats.skip(lineno, str(exc))
                         continue
-                    if not header_seen:
-                        check_header(obj, str(p))
-                        header_seen = True
+                    if type(obj) is dict and obj.get("type") == "header":
+                        if not restart:
+                            stats.ended_at_header = lineno
+                            return
+                        header = check_header(obj, f"{p} (line {lineno})")
+                        n_layers, ended = len(header["layers"]), False
+                        yield event("new-session", True)
+                        yield header
+                        continue
+                    if ended:
+                        continue
+                    problem = check_record(obj, n_layers)
+                    if problem is not None:
+                        stats.skip(lineno, problem)
+                        continue
+                    stats.records += 1
                     yield obj
-                    if isinstance(obj, dict) and obj.get("type") == "footer":
-                        return
-                continue
-            if idle_timeout_s is not None and time.monotonic() - last_growth > idle_timeout_s:
+                    if obj["type"] == "footer":
+                        stats.footer = obj
+                        if not restart:
+                            return
+                        ended = True
+            if stop is not None and stop.is_set():
                 return
-            time.sleep(poll_s)
+            if not restart:
+                raise RecordingError(f"{p} was {changed} while it was being followed")
+            if changed == "truncated":
+                fh.seek(0)
+                yield event("truncated", True)
+                continue
+            fh.close()
+            if changed == "deleted":
+                yield event("deleted", False)
+            fh = None
+            while fh is None:  # the same path again: a new file, from its start
+                if stop is not None and stop.is_set():
+                    return
+                fh = open_file(poll_s)
+            yield event("replaced", True)
+    finally:
+        if fh is not None:
+            fh.close()

@@ -4,9 +4,14 @@ The live UI runs the engine in a child process so that drawing never competes wi
 the GIL (in quick runs on a busy machine, a Python-heavy decode loop ran 1.5–2.3× slower with the UI
 in the same process). Records go out on the process's original stdout; fd 1 is pointed at stderr
 first, so a stray print from a library cannot corrupt the stream. Commands come in on stdin, one JSON object a line:
-``{"cmd": "record", "path": P}``, ``{"cmd": "stop-record"}``, ``{"cmd": "quit"}``; end of stdin
-means quit, so the engine never outlives its UI. SIGINT, SIGTERM and SIGHUP (an SSH hang-up) end
-the session the same controlled way: footer written, recording closed.
+``{"cmd": "record", "path": P}``, ``{"cmd": "stop-record"}``, ``{"cmd": "quit"}`` (footer
+``completed``) or ``{"cmd": "quit", "reason": "interrupted"}`` (the UI got a signal or lost its
+terminal). End of stdin without a quit, or a broken stdout pipe, means the UI is gone: an
+``interrupted`` end, so the engine never outlives its UI. SIGINT, SIGTERM and SIGHUP, once or
+repeated, end the session the same controlled way: footer ``interrupted``, recording closed.
+
+Exit status: 0, 130 when interrupted, 3 when a write error stopped the recording (the session went
+on; the status record that said so carries ``recording_lost``), 1 or 2 on an error.
 """
 
 from __future__ import annotations
@@ -22,27 +27,15 @@ from typing import Any, TextIO
 
 from llm_moments.engine.errors import MomentsError
 
-_RUN_OPTIONS = (  # (dest, flag): the run options a child process needs, in the parser's terms
-    ("model", "--model"), ("device", "--device"), ("dtype", "--dtype"), ("threads", "--threads"),
-    ("inputs", "--inputs"), ("batch_size", "--batch-size"), ("max_new_tokens", "--max-new-tokens"),
-    ("depth", "--depth"), ("steps", "--steps"), ("warmup", "--warmup"), ("sample_hz", "--sample-hz"),
-    ("util_hz", "--util-hz"), ("record", "--record"),
-)
-_RUN_FLAGS = (("trust_remote_code", "--trust-remote-code"), ("no_text", "--no-text"),
-              ("no_calibrate", "--no-calibrate"))
+EXIT_RECORDING_LOST = 3
 
 
 def to_argv(args: argparse.Namespace) -> list[str]:
-    """The ``stream`` command line that runs the session ``args`` describes."""
-    argv = ["stream"]
-    for dest, flag in _RUN_OPTIONS:
-        value = getattr(args, dest, None)
-        if value is not None:
-            argv += [flag, str(value)]
-    for dest, flag in _RUN_FLAGS:
-        if getattr(args, dest, False):
-            argv.append(flag)
-    return argv
+    """The ``stream`` command line that runs the session ``args`` describes: every run option, derived
+    from the parser's own definition (engine.session.setup.add_run_options), never a hand-kept list."""
+    from llm_moments.engine.session.setup import run_options_argv
+
+    return ["stream", *run_options_argv(args)]
 
 
 class _Out:
@@ -88,14 +81,26 @@ def serve(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
 
     out_fd = os.dup(1)
     os.dup2(2, 1)  # from here on, print() goes to stderr
-    out = _Out(os.fdopen(out_fd, "w", encoding="utf-8"), on_broken=lambda: stop.set())
     stop = threading.Event()
     interrupted = threading.Event()
-    box: dict[str, Any] = {}
+
+    def ui_gone() -> None:  # our stdout pipe broke: nobody reads the session any more
+        interrupted.set()
+        stop.set()
+
+    out = _Out(os.fdopen(out_fd, "w", encoding="utf-8"), on_broken=ui_gone)
+    box: dict[str, Any] = {"loading": True}
+
+    def end_now_if_loading() -> None:
+        # Loading a model or warming it up cannot be cut short, and nothing is recorded yet (the
+        # recording opens with the monitor): leave at once rather than keep a hung-up UI waiting.
+        if box["loading"]:
+            os._exit(130)
 
     def on_signal(signum: int, frame: Any) -> None:
         interrupted.set()
         stop.set()
+        end_now_if_loading()
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
@@ -109,7 +114,11 @@ def serve(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
             name = cmd.get("cmd")
             monitor = box.get("monitor")
             if name == "quit":
-                break
+                if cmd.get("reason") == "interrupted":  # the UI's terminal went, or it got a signal
+                    interrupted.set()
+                stop.set()
+                end_now_if_loading()
+                return
             if monitor is None:
                 out.put({"type": "status", "level": "warning", "message": "the session is not running yet"})
             elif name == "record":
@@ -119,7 +128,9 @@ def serve(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
                     out.put({"type": "status", "level": "error", "message": str(exc)})
             elif name == "stop-record":
                 monitor.stop_recording()
-        stop.set()  # quit, or the UI closed our stdin
+        interrupted.set()  # stdin closed without a quit: the UI is gone (killed, or it crashed)
+        stop.set()
+        end_now_if_loading()
 
     threading.Thread(target=control, name="moments-stream-control", daemon=True).start()
     monitor = None
@@ -130,6 +141,7 @@ def serve(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
         if not stop.is_set():
             out.put({"type": "loading", "message": f"warming up {args.model}…"})
             warm_up(args, loaded, texts)
+        box["loading"] = False  # from here an end is a controlled one: footer written
         if not stop.is_set():
             monitor = make_monitor(args, loaded, [out.put])
             box["monitor"] = monitor
@@ -144,9 +156,11 @@ def serve(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
         reason, failure, code = "error", f"{type(exc).__name__}: {exc}", 1
     finally:
         if interrupted.is_set() and reason == "completed":
-            reason = "interrupted"
+            reason, code = "interrupted", 130
         if monitor is not None:
             monitor.stop(reason, error=failure)
+            if monitor.recording_lost and code == 0:
+                code = EXIT_RECORDING_LOST
         if failure:
             out.put({"type": "error", "message": failure})
         out.close()
