@@ -6,12 +6,32 @@ import math
 from typing import Sequence
 
 import numpy as np
+from rich.markup import escape as _escape_markup
+from rich.text import Text
 from textual.color import Color
+
+# every string from a recording, a model or the engine is drawn through ``visible`` (control
+# characters shown, engine/output/sanitize.py) and never as markup: widgets build Content / Text
+# from plain parts; a DataTable cell is a ``cell`` (plain Text); where a string goes through markup
+# (Static.update(str), border titles, notify) it passes ``safe_markup``
+from llm_moments.engine.output.sanitize import visible
 
 # the one set of unit formatters (engine/output/units.py), re-exported for the widgets
 from llm_moments.engine.output.units import bar, fmt3, fmt_cycles, fmt_mhz, fmt_ms, na, si
 
-__all__ = ["fmt_ms", "fmt3", "fmt_cycles", "fmt_mhz", "na", "si", "spark", "bar", "ramp", "chart", "palette"]
+__all__ = ["fmt_ms", "fmt3", "fmt_cycles", "fmt_mhz", "na", "si", "spark", "bar", "ramp", "chart", "palette",
+           "visible", "safe_markup", "cell"]
+
+
+def safe_markup(text: object) -> str:
+    """Text for a place that reads markup: control characters shown, ``[`` escaped (literal)."""
+    return _escape_markup(visible(text))
+
+
+def cell(text: object) -> Text:
+    """A DataTable cell from the recording: plain Text (a str cell would be read as markup)."""
+    return Text(visible(text))
+
 
 SPARK = "▁▂▃▄▅▆▇█"
 

@@ -76,6 +76,11 @@ class ViewState:
     error: str | None = None               # the engine stopped with this message
     source_note: str | None = None         # e.g. "writer idle for 12 s", "file cut off"
     version: int = 0                       # bumps on every change: widgets skip identical frames
+    # per layer, over the session: calls that ran inside another layer's moment (``layer_nested_calls``,
+    # their time counted there), the steps that had any, and the count in the newest such step
+    nested_calls: np.ndarray | None = None
+    nested_steps: np.ndarray | None = None
+    nested_last: np.ndarray | None = None
     _pending: list = field(default_factory=list)   # steps of this batch, converted together
 
     # -- reducer ----------------------------------------------------------------------------------
@@ -142,6 +147,8 @@ class ViewState:
                                   coeffs=header_coeffs(header))
         self.work = LiveWork(header, self.stats, STATS_WINDOW_STEPS)
         self.outlier_log = OutlierLog(self.stats.layer_names)
+        n = len(layers)
+        self.nested_calls, self.nested_steps, self.nested_last = np.zeros(n), np.zeros(n, np.int64), np.zeros(n)
 
     def _on_step(self, step: dict[str, Any]) -> None:
         if self.stats is None or len(step.get("layer_ms") or []) != self.stats.n_layers:
@@ -154,6 +161,15 @@ class ViewState:
         if step.get("hooks_fired") is False:
             self.steps_without_timing += 1
         self.last_step = step
+        nested = step.get("layer_nested_calls")  # absent: none nested (older files, most steps)
+        if nested and len(nested) == self.stats.n_layers and any(nested):
+            try:
+                arr = np.nan_to_num(np.array([n or 0 for n in nested], dtype=np.float64))
+            except (TypeError, ValueError):  # a damaged record: ignore the field, keep the step
+                return
+            self.nested_calls += arr
+            self.nested_steps += arr > 0
+            self.nested_last = np.where(arr > 0, arr, self.nested_last)
 
     def _on_status(self, record: dict[str, Any]) -> None:
         status = Status(record.get("level", "warning"), record.get("message", ""))
@@ -319,6 +335,8 @@ class ViewState:
         for row in child_rows:
             row["share_of_parent"] = row["mean_ms"] / total if total and total > 0 else math.nan
         vals = ms[fired]
+        calls = self.stats.arrays(last=last, fields=("calls",))["calls"][:, index]  # NaN: not recorded
+        known = calls[np.isfinite(calls)]
         return {
             "name": self.stats.layer_names[index],
             "parent": self.stats.parents[index],
@@ -332,4 +350,12 @@ class ViewState:
             **self._normalized(ms, cyc, a["tokens"], a["clock_mhz"]),
             "children": child_rows,
             "slowest": slowest,
+            # calls per step (``layer_calls``; 0: did not run), NaN where the recording does not say
+            "calls_last": float(calls[-1]) if calls.size else math.nan,
+            "calls_median": float(np.median(known)) if known.size else math.nan,
+            "calls_steps": int(known.size),
+            "nested_calls": float(self.nested_calls[index]) if self.nested_calls is not None else 0.0,
+            "nested_steps": int(self.nested_steps[index]) if self.nested_steps is not None else 0,
+            "nested_last": float(self.nested_last[index]) if self.nested_last is not None else 0.0,
+            "attribution": (self.header or {}).get("attribution"),
         }

@@ -1,21 +1,30 @@
-"""Exports of a recording: a Chrome / Perfetto trace, CSV (one row per step × layer), one JSON document."""
+"""Exports of a recording: a Chrome / Perfetto trace, CSV (one row per step × layer), one JSON document.
+
+The JSON exports keep every string as it was recorded: ``json.dumps`` writes control and non-ASCII
+characters as ``\\uXXXX`` escapes, so the files are data a terminal never obeys."""
 
 from __future__ import annotations
 
 import csv
+import heapq
 import io
 import json
-from typing import Any
+import math
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import IO, Any
 
 import numpy as np
 
-from llm_moments.engine.core.recording import Recording
-from llm_moments.engine.analysis.roofline import Roof
+from llm_moments.engine.analysis.roofline import Roof, place
+from llm_moments.engine.analysis.scan import Scan, scan, step_chunks
 from llm_moments.engine.analysis.steptable import StepTable
-from llm_moments.engine.analysis.roofline import place
+from llm_moments.engine.core.recording import Recording
+from llm_moments.engine.output.sanitize import csv_text
 
 
-def chrome_trace(rec: Recording) -> dict[str, Any]:
+def chrome_trace(rec: Any) -> dict[str, Any]:
     """Trace-event JSON: each step a span, its layers spans inside it (sub-layers inside their
     parent), the clock a counter track. Times in µs from the session start.
 
@@ -23,38 +32,69 @@ def chrome_trace(rec: Recording) -> dict[str, Any]:
     kept inside its parent's and after its previous sibling's end: timer reads and 10 ns rounding
     are not exactly nested, and records without ``layer_start_ms`` (older ones) are laid out one
     layer after another from the step's start. The recorded times stay in the spans' args.
+
+    The document in memory (tests, small files); ``write_export`` streams the same one to a file.
     """
-    layers = rec.header["layers"]
-    events: list[dict[str, Any]] = [
-        {"name": "process_name", "ph": "M", "pid": 1, "tid": 1, "ts": 0,
-         "args": {"name": f"moments: {rec.header.get('model', {}).get('name')}"}},
-        {"name": "thread_name", "ph": "M", "pid": 1, "tid": 1, "ts": 0, "args": {"name": "steps and layers"}},
-    ]
-    steps = sorted(rec.steps, key=lambda s: s["t_ns"])
-    for k, step in enumerate(steps):
-        t0_us = step["t_ns"] / 1e3
-        end_us = t0_us + max(0.0, step["wall_ms"] or 0.0) * 1e3
-        if k + 1 < len(steps):  # a GPU step's event time can outlast the host's next step start
-            end_us = max(t0_us, min(end_us, steps[k + 1]["t_ns"] / 1e3))
-        events.append({"name": f"{step['kind']} #{step['index']}", "cat": "step", "ph": "X", "pid": 1, "tid": 1,
-                       "ts": t0_us, "dur": end_us - t0_us,
-                       "args": {"wall_ms": step.get("wall_ms"), "tokens": step.get("tokens"),
-                                "clock_mhz": step.get("clock_mhz"), "cycles": step.get("cycles"),
-                                "throttle": step.get("throttle_reasons")}})
-        spans = _layout(layers, step, t0_us, end_us)
-        cycles = step.get("layer_cycles") or [None] * len(layers)
-        for j in sorted(spans, key=lambda j: (spans[j][0], -spans[j][1])):
-            lo, hi = spans[j]
-            events.append({"name": layers[j]["name"], "cat": "layer" if layers[j].get("parent") is None else "sublayer",
-                           "ph": "X", "pid": 1, "tid": 1, "ts": lo, "dur": hi - lo,
-                           "args": {"ms": step["layer_ms"][j], "cycles": cycles[j]}})
-    for sample in rec.samples:
-        clock = sample.get("clock_mhz")
-        if clock is not None:
-            events.append({"name": "clock MHz", "ph": "C", "pid": 1, "tid": 1, "ts": sample["t_ns"] / 1e3,
-                           "args": {"MHz": clock}})
-    return {"traceEvents": events, "displayTimeUnit": "ms",
-            "otherData": {"schema": rec.header.get("schema"), "clock_source": rec.header.get("clock", {}).get("source")}}
+    sc = scan(rec)
+    return {"traceEvents": list(chrome_events(sc)), **_chrome_tail(sc.header)}
+
+
+def _chrome_tail(header: dict[str, Any]) -> dict[str, Any]:
+    return {"displayTimeUnit": "ms",
+            "otherData": {"schema": header.get("schema"), "clock_source": (header.get("clock") or {}).get("source")}}
+
+
+REORDER_STEPS = 1024   # steps held to put the trace in time order (the writer's order, give or take)
+
+
+def chrome_events(sc: Scan) -> Iterator[dict[str, Any]]:
+    """The trace's events one by one: metadata, the steps in time order (within ``REORDER_STEPS`` of
+    the file's order: a recording is written in order) with their layers, then the clock counter (the
+    samples wait in a temporary file meanwhile, not in memory)."""
+    header = sc.header
+    layers = header["layers"]
+    yield {"name": "process_name", "ph": "M", "pid": 1, "tid": 1, "ts": 0,
+           "args": {"name": f"moments: {(header.get('model') or {}).get('name')}"}}
+    yield {"name": "thread_name", "ph": "M", "pid": 1, "tid": 1, "ts": 0, "args": {"name": "steps and layers"}}
+    heap: list[tuple[Any, int, dict[str, Any]]] = []
+    seq = 0
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as samples:
+        for r in sc.records():
+            rtype = r.get("type")
+            if rtype == "step":
+                heapq.heappush(heap, (r["t_ns"], seq, r))
+                seq += 1
+                if len(heap) > REORDER_STEPS:
+                    step = heapq.heappop(heap)[2]
+                    yield from _step_events(layers, step, heap[0][2]["t_ns"])
+            elif rtype == "sample" and r.get("clock_mhz") is not None:
+                samples.write(_dumps({"name": "clock MHz", "ph": "C", "pid": 1, "tid": 1, "ts": r["t_ns"] / 1e3,
+                                      "args": {"MHz": r["clock_mhz"]}}) + "\n")
+        while heap:
+            step = heapq.heappop(heap)[2]
+            yield from _step_events(layers, step, heap[0][2]["t_ns"] if heap else None)
+        samples.seek(0)
+        for line in samples:
+            yield json.loads(line)
+
+
+def _step_events(layers: list[dict[str, Any]], step: dict[str, Any], next_t_ns: Any) -> Iterator[dict[str, Any]]:
+    t0_us = step["t_ns"] / 1e3
+    end_us = t0_us + max(0.0, step["wall_ms"] or 0.0) * 1e3
+    if next_t_ns is not None:  # a GPU step's event time can outlast the host's next step start
+        end_us = max(t0_us, min(end_us, next_t_ns / 1e3))
+    yield {"name": f"{step['kind']} #{step['index']}", "cat": "step", "ph": "X", "pid": 1, "tid": 1,
+           "ts": t0_us, "dur": end_us - t0_us,
+           "args": {"wall_ms": step.get("wall_ms"), "tokens": step.get("tokens"),
+                    "clock_mhz": step.get("clock_mhz"), "cycles": step.get("cycles"),
+                    "throttle": step.get("throttle_reasons")}}
+    spans = _layout(layers, step, t0_us, end_us)
+    cycles = step.get("layer_cycles") or [None] * len(layers)
+    for j in sorted(spans, key=lambda j: (spans[j][0], -spans[j][1])):
+        lo, hi = spans[j]
+        yield {"name": layers[j]["name"], "cat": "layer" if layers[j].get("parent") is None else "sublayer",
+               "ph": "X", "pid": 1, "tid": 1, "ts": lo, "dur": hi - lo,
+               "args": {"ms": step["layer_ms"][j], "cycles": cycles[j]}}
 
 
 def _layout(layers: list[dict[str, Any]], step: dict[str, Any], t0_us: float,
@@ -99,12 +139,19 @@ CSV_COLUMNS = ["step", "kind", "t_ns", "step_wall_ms", "tokens", "clock_mhz", "t
                "parent", "moment_ms", "start_ms", "cycles", "flops", "bytes", "flops_per_s", "roof_pct"]
 
 
-def csv_rows(rec: Recording) -> list[list[Any]]:
-    """One row per step × layer (a layer that did not run has empty time cells)."""
-    layers = rec.header["layers"]
+def csv_rows(rec: Any) -> list[list[Any]]:
+    """One row per step × layer (a layer that did not run has empty time cells). Text cells (kind,
+    throttle reasons, layer, parent) go through ``sanitize.csv_text``: control characters shown, and a
+    ``'`` before a leading ``= + - @`` so that a spreadsheet never runs a name as a formula."""
+    sc = scan(rec)
+    return [row for steps, table in step_chunks(sc) for row in _csv_chunk(sc.header, steps, table)]
+
+
+def _csv_chunk(header: dict[str, Any], steps: list[dict[str, Any]], table: StepTable) -> Iterator[list[Any]]:
+    """The rows of one chunk of steps (``scan.step_chunks``: the table's rows are the steps)."""
+    layers = header["layers"]
     n = len(layers)
-    table = StepTable.from_recording(rec)
-    roof = Roof.of(rec.header)
+    roof = Roof.of(header)
     work = table.work()
     if work is not None:
         flops, moved = work
@@ -114,15 +161,21 @@ def csv_rows(rec: Recording) -> list[list[Any]]:
         placed = {"flops_per_s": flops, "roof_pct": flops}
     ms, start, cycles = table.ms, table.start_ms, table.cycles
     parents = ["" if l.get("parent") is None else layers[l["parent"]]["name"] for l in layers]
-    rows = []
-    steps = (s for s in rec.steps if len(s.get("layer_ms") or ()) == n)  # the table's rows
+    names = [csv_text(layer["name"]) for layer in layers]
+    parents = [csv_text(p) for p in parents]
+    cells = [_cell_rows(a) for a in (ms, start, cycles, flops, moved, placed["flops_per_s"], placed["roof_pct"])]
     for i, step in enumerate(steps):
-        for j, layer in enumerate(layers):
-            rows.append([step["index"], step["kind"], step["t_ns"], step["wall_ms"], step.get("tokens"),
-                         step.get("clock_mhz"), " ".join(step.get("throttle_reasons") or []), layer["name"],
-                         parents[j], _cell(ms[i, j]), _cell(start[i, j]), _cell(cycles[i, j]), _cell(flops[i, j]),
-                         _cell(moved[i, j]), _cell(placed["flops_per_s"][i, j]), _cell(placed["roof_pct"][i, j])])
-    return rows
+        head = [step["index"], csv_text(step["kind"]), step["t_ns"], step["wall_ms"], step.get("tokens"),
+                step.get("clock_mhz"), csv_text(" ".join(map(str, step.get("throttle_reasons") or [])))]
+        c_ms, c_start, c_cyc, c_fl, c_by, c_fps, c_roof = (c[i] for c in cells)
+        for j in range(n):
+            yield head + [names[j], parents[j], c_ms[j], c_start[j], c_cyc[j], c_fl[j], c_by[j], c_fps[j], c_roof[j]]
+
+
+def _cell_rows(a: np.ndarray) -> list[list[Any]]:
+    """``_cell`` of every value of a [steps, layers] array, at list speed."""
+    rows = np.where(np.isfinite(a), a, np.nan).tolist()
+    return [["" if v != v else v for v in row] for row in rows]
 
 
 def _cell(value: Any) -> Any:
@@ -133,11 +186,9 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def to_csv(rec: Recording) -> str:
+def to_csv(rec: Any) -> str:
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    writer.writerows(csv_rows(rec))
+    write_export(rec, "csv", buf)
     return buf.getvalue()
 
 
@@ -146,11 +197,77 @@ def to_json(rec: Recording) -> dict[str, Any]:
             "footer": rec.footer, "warnings": rec.warnings}
 
 
-def export(rec: Recording, fmt: str) -> str:
-    if fmt == "chrome":
-        return json.dumps(chrome_trace(rec))
+def _dumps(obj: Any) -> str:
+    """Strict JSON (no NaN: a value that is not finite becomes null)."""
+    try:
+        return json.dumps(obj, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(obj), allow_nan=False)
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def write_export(src: Any, fmt: str, out: IO[str]) -> None:
+    """Write the export of ``src`` (a path, a Scan or a loaded Recording) to ``out`` as it is read: one
+    step at a time (chrome, json) or one chunk of steps (csv); memory does not grow with the file.
+
+    chrome: ``{"traceEvents": [...], "displayTimeUnit": "ms", "otherData": {...}}`` (see chrome_trace).
+    json: ``{"header", "steps", "samples", "others", "footer", "warnings"}``, one record per line;
+    samples and others wait in temporary files while the steps go out.
+    """
+    if fmt not in ("chrome", "csv", "json"):
+        raise ValueError(f"unknown export format {fmt!r}")
+    sc = scan(src)
     if fmt == "csv":
-        return to_csv(rec)
-    if fmt == "json":
-        return json.dumps(to_json(rec), indent=1)
-    raise ValueError(f"unknown export format {fmt!r}")
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        for steps, table in step_chunks(sc):
+            writer.writerows(_csv_chunk(sc.header, steps, table))
+    elif fmt == "chrome":
+        out.write('{"traceEvents": [')
+        for k, event in enumerate(chrome_events(sc)):
+            out.write((", " if k else "") + _dumps(event))
+        tail = _dumps(_chrome_tail(sc.header))
+        out.write("], " + tail[1:])
+    else:
+        _write_json(sc, out)
+
+
+def _write_json(sc: Scan, out: IO[str]) -> None:
+    out.write('{"header": ' + _dumps(sc.header) + ',\n"steps": [')
+    first = True
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as samples, \
+            tempfile.TemporaryFile("w+", encoding="utf-8") as others:
+        held = {"sample": [samples, True], "other": [others, True]}
+        for r in sc.records():
+            line = _dumps(r)
+            if r.get("type") == "step":
+                out.write(("\n" if first else ",\n") + line)
+                first = False
+            else:
+                slot = held["sample" if r.get("type") == "sample" else "other"]
+                slot[0].write(("\n" if slot[1] else ",\n") + line)
+                slot[1] = False
+        out.write("\n],\n")
+        for key, name in (("sample", "samples"), ("other", "others")):
+            fh, empty = held[key]
+            out.write(f'"{name}": [')
+            fh.seek(0)
+            shutil.copyfileobj(fh, out)
+            out.write("],\n" if empty else "\n],\n")
+    out.write('"footer": ' + _dumps(sc.footer) + ',\n"warnings": ' + _dumps(sc.warnings) + "}\n")
+
+
+def export(rec: Any, fmt: str) -> str:
+    """The export as one string (tests, small files); ``write_export`` streams it."""
+    buf = io.StringIO()
+    write_export(rec, fmt, buf)
+    return buf.getvalue()

@@ -1,7 +1,8 @@
 """A recording as one self-contained HTML page (``moments report FILE --format html``): the Markdown
 document's content plus four pictures (share bars, step histogram, heatmap, roofline), rendered from
 the Jinja2 template ``templates/report.html.j2`` (package data) with autoescape: every piece of text
-from the recording is escaped; the inline SVG, escaped by svg.py, is the only markup passed through.
+from the recording is escaped (its control characters shown, sanitize.py); the inline SVG, escaped by
+svg.py, is the only markup passed through.
 """
 
 from __future__ import annotations
@@ -11,19 +12,28 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-import numpy as np
+import markupsafe
 
 from llm_moments.engine.analysis.report import ReportData, analyze
 from llm_moments.engine.output import report_rows as rr
 from llm_moments.engine.output import svg
+from llm_moments.engine.output.sanitize import visible
 
 TEMPLATES = Path(__file__).parent / "templates"
+
+
+def _finalize(value: Any) -> Any:
+    """Every value the template prints: text shows its control characters (sanitize.py) before the
+    autoescape; markup marked safe (the SVG pictures, escaped by svg.py) passes as it is."""
+    if isinstance(value, markupsafe.Markup) or not isinstance(value, str):
+        return value
+    return visible(value)
 
 
 @lru_cache(maxsize=1)
 def _template() -> jinja2.Template:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
-                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True, finalize=_finalize)
     return env.get_template("report.html.j2")
 
 
@@ -38,7 +48,7 @@ def context(d: ReportData) -> dict[str, Any]:
                   "rows": [{"sub": d.parents[j] is not None,
                             "cells": [d.names[j], str(d.summary.layers[j].count)] + cells}
                            for j, cells in rr.layer_rows(d)]}
-    has_wall = d.n_steps and np.isfinite(d.table.wall_ms).any()
+    has_wall = d.n_steps and d.wall_count > 0
     steps = {"histogram_svg": svg.svg_histogram(d) if has_wall else None, "head": rr.STEP_HEAD,
              "rows": [{"sub": False, "cells": r} for r in rr.step_rows(d)], "coverage": rr.coverage_text(d)}
     roofline: dict[str, Any] = {"svg": None, "why": d.work.note or "nothing to place", "left_off": [], "caption": ""}

@@ -3,21 +3,38 @@ per-layer table with the work columns, step times by kind, coverage, the outlier
 
 from __future__ import annotations
 
+import re
 from typing import Iterable, Sequence
 
 from llm_moments.engine.analysis.report import ReportData, analyze
 from llm_moments.engine.output import report_rows as rr
+from llm_moments.engine.output.sanitize import visible
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~#!])")
+_HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 
 
-def md_cell(text: str) -> str:
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+def md_text(text: object) -> str:
+    """Any text from the recording as Markdown that shows it literally: control and format characters
+    made visible (sanitize.py), ``& < >`` as HTML entities (no raw HTML: an injected ``<script>`` stays
+    text), and the characters that start emphasis, code, links, strikethrough, headings, images and
+    table cells (``\\ ` * _ [ ] ~ # ! |``) backslash-escaped. One line (newlines shown as ``\\n``)."""
+    t = _MD_SPECIAL.sub(r"\\\1", visible(text))
+    return re.sub(r"[&<>]", lambda m: _HTML[m.group()], t)
 
 
-def md_code(text: str) -> str:
-    """A name as inline code: Markdown shows it as is ('<' included)."""
-    text = str(text).replace("|", "\\|")
-    fence = "``" if "`" in text else "`"
-    return f"{fence}{text}{fence}" if fence == "`" else f"{fence} {text} {fence}"
+md_cell = md_text  # a table cell: the same rule ('|' is escaped)
+
+
+def md_code(text: object, in_table: bool = True) -> str:
+    """A name as inline code: Markdown shows a code span as is (``<`` included, no HTML); control
+    characters made visible, the fence longer than any run of backticks inside, ``|`` escaped in a table."""
+    t = visible(text)
+    if in_table:
+        t = t.replace("|", "\\|")
+    fence = "`" * (max((len(r) for r in re.findall("`+", t)), default=0) + 1)
+    pad = " " if t[:1] in ("`", " ") or t[-1:] in ("`", " ") else ""
+    return f"{fence}{pad}{t}{pad}{fence}"
 
 
 def md_table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
@@ -29,7 +46,7 @@ def md_table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
 
 
 def _outliers(d: ReportData) -> list[str]:
-    lines = [rr.outlier_intro(d)]
+    lines = [md_text(rr.outlier_intro(d))]
     if d.outliers:
         rows = [[md_cell(r[0]), md_cell(r[1]), md_code(r[2])] + [md_cell(c) for c in r[3:]]
                 for r in rr.outlier_rows(d)]
@@ -53,13 +70,13 @@ def render_markdown(rec, data: ReportData | None = None) -> str:
         for j, cells in rr.layer_rows(d):
             label = md_code(d.names[j]) if d.parents[j] is None else "↳ " + md_code(d.names[j])
             rows.append([label, str(d.summary.layers[j].count)] + [md_cell(c) for c in cells])
-        out += md_table(rr.layer_head(d), rows) + ["", rr.layer_note(d), ""]
+        out += md_table(rr.layer_head(d), rows) + ["", md_text(rr.layer_note(d)), ""]
         if d.work.placed is not None and not d.work.has_roof:
-            out += [f"No roofline: {d.work.note}.", ""]
+            out += [f"No roofline: {md_text(d.work.note)}.", ""]
     out += ["## Step time by kind", ""]
     out += (md_table(rr.STEP_HEAD, [[md_cell(c) for c in r] for r in rr.step_rows(d)]) if d.summary.steps
             else ["No steps recorded."])
-    out += ["", rr.coverage_text(d), "", "## Outlier moments", ""]
+    out += ["", md_text(rr.coverage_text(d)), "", "## Outlier moments", ""]
     out += _outliers(d)
     out += ["", "## Warnings", ""]
     out += [f"- {md_cell(w)}" for w in d.warnings] or ["None."]

@@ -10,6 +10,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from llm_moments.engine.analysis.report import ReportData
+from llm_moments.engine.output.sanitize import visible
 from llm_moments.engine.output.units import finite, fmt_ms, fmt_scaled, pct, si
 
 HEATMAP_STEPS = 400
@@ -52,7 +53,9 @@ def _short(name: str, n: int) -> str:
 
 
 def _esc(text: Any) -> str:
-    return html.escape(str(text), quote=True)
+    """Text as SVG/XML character data: control characters made visible (sanitize.py; XML forbids most
+    of them anyway), then ``& < > " '`` escaped."""
+    return html.escape(visible(text), quote=True)
 
 
 def _n(v: float) -> str:
@@ -134,22 +137,17 @@ def svg_share_bars(d: ReportData) -> str:
 
 def svg_histogram(d: ReportData) -> str:
     """Step wall times: prefill in one colour, decode / encode in another, stacked per bin."""
-    wall = d.table.wall_ms[np.isfinite(d.table.wall_ms)]
-    kinds = d.table.kind[np.isfinite(d.table.wall_ms)]
-    lo, hi = float(wall.min()), float(wall.max())
-    p99 = float(np.percentile(wall, 99))
+    lo, hi, p99 = d.wall_range()  # over every step (a sketch past its exact budget: see analysis/report.py)
     overflow = hi > 3 * p99 and p99 > lo  # a few huge steps would squash the rest into one bar
     top_edge = p99 * 1.05 if overflow else hi
     if top_edge <= lo:  # every step took the same time: one bar in the middle
         pad = max(abs(lo) * 0.05, 1e-3)
         lo, top_edge = lo - pad, top_edge + pad
-    n_bins = int(min(40, max(8, math.sqrt(len(wall)) * 2)))
+    n_bins = int(min(40, max(8, math.sqrt(d.wall_count) * 2)))
     edges = np.linspace(lo, top_edge, n_bins + 1)
-    groups = [("prefill", C_PREFILL)] + [(k, C_DECODE) for k in ("decode", "encode", "?") if k in set(kinds)]
-    counts = {}
-    for kind, _ in groups:
-        w = np.clip(wall[kinds == kind], lo, top_edge)
-        counts[kind] = np.histogram(w, bins=edges)[0]
+    by_kind = d.wall_histogram(edges)
+    groups = [("prefill", C_PREFILL)] + [(k, C_DECODE) for k in ("decode", "encode", "?") if k in by_kind]
+    counts = {kind: by_kind.get(kind, np.zeros(n_bins, dtype=np.int64)) for kind, _ in groups}
     stacked = sum(counts.values())
     yticks = _nice_ticks(0, max(int(stacked.max()), 1), 4)
     ymax = yticks[-1] if yticks[-1] >= stacked.max() else yticks[-1] + (yticks[-1] - yticks[-2])
@@ -191,7 +189,7 @@ def svg_histogram(d: ReportData) -> str:
 def svg_heatmap(d: ReportData) -> str:
     """Top-level layers (rows) × the last steps (columns); colour = moment time on a log scale."""
     top = d.top
-    first = max(d.n_steps - HEATMAP_STEPS, 0)
+    first = max(len(d.table) - HEATMAP_STEPS, 0)  # d.table: the newest steps only
     m = d.table.ms[first:, top]
     n_steps, n_rows = m.shape
     positive = m[np.isfinite(m) & (m > 0)]

@@ -9,20 +9,30 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from llm_moments.engine.analysis.stats import Summary
+from llm_moments.engine.output.sanitize import visible
 from llm_moments.engine.output.units import finite, fmt_cycles, fmt_mhz, fmt_ms, pct, share_bar, signed_pct
 
 
+def _t(value: Any, style: str = "") -> Text:
+    """A cell or line from the recording: control characters shown (sanitize.py), never read as markup."""
+    return Text(visible(value), style=style)
+
+
 def _describe(header: dict[str, Any] | None) -> str:
+    """Plain text (printed as a ``Text``: no markup), every field from the recording made visible."""
     if not header:
         return ""
     m, d, c = header.get("model", {}), header.get("device", {}), header.get("clock", {})
     random = "  [RANDOM WEIGHTS]" if m.get("random_weights") else ""
     dev = d.get("name") or d.get("kind", "?")
-    return (f"model {m.get('name')} ({m.get('architecture')}, {m.get('parameters', 0) / 1e6:.1f} M params, "
-            f"{m.get('dtype')}){random}\ndevice {dev}  timer {header.get('timer')}  "
-            f"clock {c.get('source')}  depth {header.get('depth')}")
+    v = visible
+    params = m.get("parameters") if finite(m.get("parameters")) else 0
+    return (f"model {v(m.get('name'))} ({v(m.get('architecture'))}, {float(params) / 1e6:.1f} M params, "
+            f"{v(m.get('dtype'))}){random}\ndevice {v(dev)}  timer {v(header.get('timer'))}  "
+            f"clock {v(c.get('source'))}  depth {v(header.get('depth'))}")
 
 
 def build_tables(summary: Summary, header: dict[str, Any] | None = None) -> list[Any]:
@@ -32,14 +42,14 @@ def build_tables(summary: Summary, header: dict[str, Any] | None = None) -> list
         layers.add_column(col, justify=justify, no_wrap=True)
     for row in summary.layers:
         name = row.name if row.parent is None else "  " + row.name
-        layers.add_row(name, str(row.count), fmt_ms(row.mean_ms), fmt_ms(row.p50_ms), fmt_ms(row.p99_ms),
+        layers.add_row(_t(name), str(row.count), fmt_ms(row.mean_ms), fmt_ms(row.p50_ms), fmt_ms(row.p99_ms),
                        fmt_cycles(row.mean_cycles), f"{row.share * 100:5.1f}%",
                        share_bar(row.share) if row.parent is None else "")
     steps = Table(title="Step time by kind", title_justify="left", show_edge=False, pad_edge=False)
     for col in ("kind", "steps", "tokens", "mean ms", "std ms", "p50 ms", "p90 ms", "p99 ms"):
         steps.add_column(col, justify="left" if col == "kind" else "right", no_wrap=True)
     for s in summary.steps:
-        steps.add_row(s.kind, str(s.count), str(s.tokens), fmt_ms(s.mean_ms), fmt_ms(s.std_ms),
+        steps.add_row(_t(s.kind), str(s.count), str(s.tokens), fmt_ms(s.mean_ms), fmt_ms(s.std_ms),
                       fmt_ms(s.p50_ms), fmt_ms(s.p90_ms), fmt_ms(s.p99_ms))
     window = (f" (statistics over the last {summary.steps_in_window} of {summary.steps_total} steps)"
               if summary.steps_in_window < summary.steps_total else "")
@@ -47,7 +57,7 @@ def build_tables(summary: Summary, header: dict[str, Any] | None = None) -> list
             f"{fmt_ms(summary.unattributed_ms_mean)} ms/step{window}"
             if summary.steps_in_window else "no steps recorded")
     head = _describe(header)
-    return ([head] if head else []) + [layers, steps, foot]
+    return ([Text(head)] if head else []) + [layers, steps, foot]
 
 
 def outlier_table(outliers: list[dict[str, Any]], total: int) -> list[Any]:
@@ -59,8 +69,8 @@ def outlier_table(outliers: list[dict[str, Any]], total: int) -> list[Any]:
     for col in ("step", "kind", "layer", "ms", "median ms", "clock", "throttle"):
         table.add_column(col, justify="left" if col in ("kind", "layer", "throttle") else "right", no_wrap=True)
     for o in outliers:
-        table.add_row(str(o["step"]), str(o["kind"]), o["layer"], fmt_ms(o["ms"]), fmt_ms(o["median_ms"]),
-                      fmt_mhz(o["clock_mhz"]), " ".join(o["throttle_reasons"]) or "—")
+        table.add_row(_t(o["step"]), _t(o["kind"]), _t(o["layer"]), fmt_ms(o["ms"]), fmt_ms(o["median_ms"]),
+                      fmt_mhz(o["clock_mhz"]), _t(" ".join(map(str, o["throttle_reasons"] or ())) or "—"))
     return [table]
 
 
@@ -116,26 +126,27 @@ def render_diff(diff: Any, name_a: str, name_b: str, fmt: str = "text") -> str:
     step_verdict = ("faster" if diff.step_change_pct < 0 else "slower") if diff.step_significant else "within noise"
     summary = (f"{diff.kind} steps: A {diff.a_steps} (p50 {fmt_ms(diff.a_step_p50_ms)} ms), "
                f"B {diff.b_steps} (p50 {fmt_ms(diff.b_step_p50_ms)} ms): {signed_pct(diff.step_change_pct)} {step_verdict}")
-    missing = []
-    if diff.only_in_a:
-        missing.append(f"only in A ({name_a}): {', '.join(diff.only_in_a)}")
-    if diff.only_in_b:
-        missing.append(f"only in B ({name_b}): {', '.join(diff.only_in_b)}")
     if fmt == "md":
-        lines = [f"**A** `{name_a}` vs **B** `{name_b}` — {summary}", "", "| " + " | ".join(head) + " |",
-                 "|" + "---|" * len(head)]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        from llm_moments.engine.output.markdown import md_code, md_text
+
+        missing = [f"only in {ab} ({md_code(name, False)}): " + ", ".join(md_code(n, False) for n in only)
+                   for ab, name, only in (("A", name_a, diff.only_in_a), ("B", name_b, diff.only_in_b)) if only]
+        lines = [f"**A** {md_code(name_a, False)} vs **B** {md_code(name_b, False)} — {md_text(summary)}", "",
+                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(md_text(c) for c in r) + " |" for r in rows]
         return "\n".join(lines + [""] + missing) + "\n"
-    table = Table(title=f"A {name_a}  vs  B {name_b}", title_justify="left", show_edge=False, pad_edge=False)
+    missing = [f"only in {ab} ({visible(name)}): {', '.join(visible(n) for n in only)}"
+               for ab, name, only in (("A", name_a, diff.only_in_a), ("B", name_b, diff.only_in_b)) if only]
+    table = Table(title=_t(f"A {name_a}  vs  B {name_b}"), title_justify="left", show_edge=False, pad_edge=False)
     for col in head:
         table.add_column(col, justify="left" if col in ("layer", "") else "right", no_wrap=True)
     for r in rows:
         style = {"faster": "green", "slower": "red"}.get(r[-1])
-        table.add_row(*r, style=style)
+        table.add_row(_t(r[0]), *r[1:], style=style)
     buf = io.StringIO()
     console = Console(file=buf, width=160, color_system=None, highlight=False)
     console.print(table)
-    console.print(summary)
+    console.print(Text(visible(summary)))
     for m in missing:
-        console.print(m)
+        console.print(Text(m))
     return buf.getvalue()

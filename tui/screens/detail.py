@@ -12,7 +12,7 @@ from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
-from ..render import bar, chart, fmt_cycles, fmt_mhz, fmt_ms
+from ..render import bar, chart, fmt_cycles, fmt_mhz, fmt_ms, visible
 from ..state import ViewState
 
 
@@ -62,9 +62,10 @@ class LayerDetailScreen(Screen):
             return
         d = state.layer_detail(self.index)
         width = max(10, self.query_one("#history", Static).content_size.width)
-        self.query_one("#title", Static).update(
-            f"layer {self.index}: {d['name']}" + ("" if d["parent"] is None else
-                                                  f"  (in {state.layer_names[d['parent']]})"))
+        # every name is plain Content with its control characters shown: never markup, never a raw ESC
+        self.query_one("#title", Static).update(Content(
+            f"layer {self.index}: {visible(d['name'])}" + ("" if d["parent"] is None else
+                                                           f"  (in {visible(state.layer_names[d['parent']])})")))
         hist = d["history_ms"]
         fin = hist[np.isfinite(hist)]
         hi = float(fin.max()) if fin.size else 0.0
@@ -81,22 +82,42 @@ class LayerDetailScreen(Screen):
             f"per token {fmt_cycles(d['cycles_per_token'])}\n",
             ("at the reference clock ", "bold"),
             f"{fmt_ms(d['mean_ms_at_ref'])} ms mean at {fmt_mhz(d['ref_clock_mhz'])}\n",
-            ("clock ", "bold"), f"{state.header.get('clock', {}).get('source')}"))
+            ("clock ", "bold"), visible(state.header.get("clock", {}).get("source")), "\n",
+            *self._calls(d)))
         if d["children"]:
             lines = []
             for c in d["children"]:
                 share = c["share_of_parent"]
-                lines.append(f"{c['name'][-32:]:<32} {fmt_ms(c['mean_ms']):>8} ms "
+                lines.append(f"{visible(c['name'])[-32:]:<32} {fmt_ms(c['mean_ms']):>8} ms "
                              f"{bar(share, 16)} {share * 100 if not math.isnan(share) else 0:5.1f}%")
-            self.query_one("#children", Static).update("\n".join(lines))
+            self.query_one("#children", Static).update(Content("\n".join(lines)))
         else:
             self.query_one("#children", Static).update(
                 "no sub-layers timed at this depth (run with --depth sublayers or leaves)")
         rows = [f"{'step':>7} {'kind':<8} {'moment':>10} {'clock':>10}  throttle"]
         for s in d["slowest"]:
-            rows.append(f"{s['step'] if s['step'] is not None else '?':>7} {s['kind'] or '?':<8} "
-                        f"{fmt_ms(s['ms']):>7} ms {fmt_mhz(s['clock_mhz']):>10}  {' '.join(s['throttle']) or '—'}")
-        self.query_one("#slowest", Static).update("\n".join(rows))
+            step = visible(s["step"]) if s["step"] is not None else "?"
+            rows.append(f"{step:>7} {visible(s['kind'] or '?'):<8} {fmt_ms(s['ms']):>7} ms "
+                        f"{fmt_mhz(s['clock_mhz']):>10}  {visible(' '.join(map(str, s['throttle']))) or '—'}")
+        self.query_one("#slowest", Static).update(Content("\n".join(rows)))
+
+    @staticmethod
+    def _calls(d: dict) -> list:
+        """Calls per step (newest, median) and, for a layer whose calls ran inside another layer's
+        moment, where its time went: the parts for Content.assemble."""
+        if not np.isfinite(d["calls_median"]):
+            parts: list = [("calls ", "bold"), "not recorded (older file)"]
+        else:
+            last = f"{d['calls_last']:.0f}" if np.isfinite(d["calls_last"]) else "?"
+            parts = [("calls ", "bold"), f"{last} in the newest step · typical {d['calls_median']:g} per step "
+                     f"(median of {d['calls_steps']})"]
+        if d["nested_calls"] > 0:
+            n, where = (d["nested_last"], " in the newest such step") if d["nested_steps"] > 1 else \
+                (d["nested_calls"], "")
+            how = "; a call counts to the layer open when it runs" if d["attribution"] == "enclosing" else ""
+            parts += ["\n", ("runs inside other layers", "bold $warning"),
+                      f" ({n:.0f}×{where}, in {d['nested_steps']} steps); its time is counted there{how}"]
+        return parts
 
     @staticmethod
     def _histogram(values: np.ndarray, bins: int = 8) -> str:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from llm_moments.engine.analysis.diff import Diff
 from llm_moments.engine.output.units import signed_pct as _pct
 
-from ..render import fmt_cycles, fmt_ms
+from ..render import cell, fmt_cycles, fmt_ms, visible
 
 
 class DiffScreen(Screen):
@@ -32,22 +33,23 @@ class DiffScreen(Screen):
     def on_mount(self) -> None:
         d = self.diff
         verdict = ("faster" if d.step_change_pct < 0 else "slower") if d.step_significant else "within noise"
-        lines = [f"A {self.name_a}  vs  B {self.name_b} · {d.kind} steps: A {d.a_steps}, B {d.b_steps} · "
-                 f"step p50 {fmt_ms(d.a_step_p50_ms)} → {fmt_ms(d.b_step_p50_ms)} ms ({_pct(d.step_change_pct)}, {verdict})"]
+        lines = [f"A {visible(self.name_a)}  vs  B {visible(self.name_b)} · {visible(d.kind)} steps: "
+                 f"A {d.a_steps}, B {d.b_steps} · step p50 {fmt_ms(d.a_step_p50_ms)} → {fmt_ms(d.b_step_p50_ms)} ms "
+                 f"({_pct(d.step_change_pct)}, {verdict})"]
         if d.only_in_a or d.only_in_b:
             lines.append(f"unmatched: {len(d.only_in_a)} layer(s) only in A, {len(d.only_in_b)} only in B")
-        self.query_one("#title", Static).update("\n".join(lines))
+        self.query_one("#title", Static).update(Content("\n".join(lines)))  # plain: names are never markup
         table = self.query_one(DataTable)
         for col in ("layer", "A p50", "B p50", "change", "95% interval", "A p99", "B p99", "A cycles", "B cycles",
                     "A share", "B share", "verdict"):
             table.add_column(col, key=col)
         for l in d.layers:
             verdict = ("faster" if l.change_pct < 0 else "slower") if l.significant else "noise"
-            table.add_row(l.name, fmt_ms(l.a_p50_ms), fmt_ms(l.b_p50_ms), _pct(l.change_pct),
+            table.add_row(cell(l.name), fmt_ms(l.a_p50_ms), fmt_ms(l.b_p50_ms), _pct(l.change_pct),
                           f"{_pct(l.ci_low_pct)} … {_pct(l.ci_high_pct)}", fmt_ms(l.a_p99_ms), fmt_ms(l.b_p99_ms),
                           fmt_cycles(l.a_cycles), fmt_cycles(l.b_cycles), f"{l.a_share * 100:.1f}%",
                           f"{l.b_share * 100:.1f}%", verdict)
         for name in d.only_in_a:
-            table.add_row(name, *["—"] * 10, "only in A")
+            table.add_row(cell(name), *["—"] * 10, "only in A")
         for name in d.only_in_b:
-            table.add_row(name, *["—"] * 10, "only in B")
+            table.add_row(cell(name), *["—"] * 10, "only in B")

@@ -8,7 +8,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from ..render import fmt_mhz, fmt_ms
+from ..render import cell, fmt_mhz, fmt_ms
 from ..state import ViewState
 
 
@@ -45,5 +45,7 @@ class OutliersScreen(Screen):
         table.clear()
         for e in reversed(log.entries):
             ratio = e["ms"] / e["median_ms"] if e["median_ms"] else float("nan")
-            table.add_row(str(e["step"]), e["kind"] or "?", e["layer"], fmt_ms(e["ms"]), fmt_ms(e["median_ms"]),
-                          f"{ratio:.1f}×", fmt_mhz(e["clock_mhz"]), " ".join(e["throttle_reasons"]) or "—")
+            # cells from the recording are plain Text: a str cell would be read as markup
+            table.add_row(cell(e["step"]), cell(e["kind"] or "?"), cell(e["layer"]), fmt_ms(e["ms"]),
+                          fmt_ms(e["median_ms"]), f"{ratio:.1f}×", fmt_mhz(e["clock_mhz"]),
+                          cell(" ".join(map(str, e["throttle_reasons"] or ())) or "—"))

@@ -13,7 +13,7 @@ from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
-from ..render import si
+from ..render import si, visible
 from ..state import ViewState
 
 LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
@@ -97,8 +97,8 @@ class RooflineScreen(Screen):
             return
         scale = work.clock_scale
         peak = work.peak_flops * scale
-        title.update(f"roof: {si(peak, 'FLOP/s')} compute (× clock {scale:.2f}), {si(work.peak_bw, 'B/s')} memory "
-                     f"· ridge {peak / work.peak_bw:.1f} FLOP/B · {work.roof_source}")
+        title.update(Content(f"roof: {si(peak, 'FLOP/s')} compute (× clock {scale:.2f}), {si(work.peak_bw, 'B/s')} "
+                             f"memory · ridge {peak / work.peak_bw:.1f} FLOP/B · {visible(work.roof_source)}"))
         keep = [i for i, p in enumerate(state.stats.parents) if self.all_layers or p is None]
         keep = keep[: len(LABELS)]
         labels = [""] * len(state.layer_names)
@@ -124,6 +124,7 @@ class RooflineScreen(Screen):
             bound = "mem" if placed["memory_bound"][i] else "cmp"
             pct = placed["roof_pct"][i]
             rows.append(Content.assemble((labels[i], "bold $accent"),
-                                         f" {state.layer_names[i][-20:]:<20} {si(placed['flops_per_s'][i], ''):>8} "
+                                         f" {visible(state.layer_names[i])[-20:]:<20} "
+                                         f"{si(placed['flops_per_s'][i], ''):>8} "
                                          f"{'—' if not np.isfinite(pct) else f'{pct:.0f}%':>5}  {bound}\n"))
         self.query_one("#legend", Static).update(Content.assemble(*rows) if rows else "")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from textual.content import Content
 from textual.widgets import Static
 
-from ..render import fmt_mhz, na, spark
+from ..render import fmt_mhz, na, safe_markup, spark, visible
 from ..state import ViewState
 
 # Reasons that mean "slower than it could be"; gpu_idle is merely the GPU waiting for work.
@@ -59,14 +59,14 @@ class ClockPanel(Static):
             parts.append(("none", "$success"))
         else:
             for r in reasons:
-                parts.append((r, "$text-muted" if r in BENIGN_REASONS else "bold reverse $error"))
+                parts.append((visible(r), "$text-muted" if r in BENIGN_REASONS else "bold reverse $error"))
                 parts.append(" ")
         return Content.assemble(*parts)
 
     def _cpu(self, state: ViewState, s: dict, h: dict, source: str, width: int) -> Content:
         label = {"cpu-nominal": "nominal, /proc/cpuinfo", "cpufreq": "cpufreq, measured",
                  "unavailable": "unknown"}.get(source, source)
-        self.border_title = f"CPU mode · clock {label}"
+        self.border_title = f"CPU mode · clock {safe_markup(label)}"  # a border title reads markup
         hist = state.clock_history("cpu_clock_mhz", last=width)
         load = state.clock_history("cpu_util_pct", last=width)
         return Content.assemble(
@@ -75,5 +75,5 @@ class ClockPanel(Static):
             ("CPU load ", "bold"), f"{na(s.get('cpu_util_pct'), unit='%')}  ",
             ("process ", "bold"), f"{na(s.get('process_cpu_pct'), unit='%')}\n",
             (spark(load, width, lo=0, hi=100), "$secondary"), "\n",
-            ("cycles = moment × ", "$text-muted"), (f"{source} clock", "$text-muted"),
+            ("cycles = moment × ", "$text-muted"), (f"{visible(source)} clock", "$text-muted"),
         )

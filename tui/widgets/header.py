@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
-from ..render import fmt_ms
+from ..render import fmt_ms, visible
 from ..state import ViewState
 
 
@@ -36,14 +36,14 @@ class HeaderBar(Static):
         h = state.header
         if h is None:
             t.append("llm-moments ", style="bold")
-            t.append(state.loading or state.error or "waiting for the session…")
+            t.append(visible(state.loading or state.error or "waiting for the session…"))
             return t
         m, d = h.get("model", {}), h.get("device", {})
-        t.append(str(m.get("name")), style="bold")
+        t.append(visible(m.get("name")), style="bold")
         if m.get("random_weights"):
             t.append(" [RANDOM WEIGHTS]", style="bold reverse")
         dev = d.get("name") or ("CPU" if d.get("kind") == "cpu" else d.get("kind"))
-        t.append(f"  {dev}  {m.get('dtype')}  depth {h.get('depth')}  ")
+        t.append(f"  {visible(dev)}  {visible(m.get('dtype'))}  depth {visible(h.get('depth'))}  ")
         word = self.state_word(state)
         t.append(f" {word} ", style="reverse bold")
         t.append("\n")
@@ -52,9 +52,9 @@ class HeaderBar(Static):
         t.append(f"steps {state.steps_total}  {sps:.1f} steps/s  {tps:.0f} tok/s  "
                  f"step p50 {fmt_ms(p50)} ms  p99 {fmt_ms(p99)} ms")
         clock = h.get("clock", {}).get("source")
-        t.append(f"  clock {clock}")
+        t.append(f"  clock {visible(clock)}")
         if note:
-            t.append(f"  · {note}")
+            t.append(f"  · {visible(note)}")
         if state.recording_path:
-            t.append(f"  · rec {state.recording_path}")
+            t.append(f"  · rec {visible(state.recording_path)}")
         return t

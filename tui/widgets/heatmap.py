@@ -10,7 +10,7 @@ from textual.geometry import Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from ..render import palette, ramp
+from ..render import palette, ramp, visible
 
 NAME_W = 16
 LEVELS = 16
@@ -42,7 +42,7 @@ class Heatmap(ScrollView):
 
     def show(self, names: list[str], parents: list[int | None], matrix: np.ndarray) -> None:
         keep = [i for i, p in enumerate(parents) if p is None] if self.top_only else list(range(len(names)))
-        self.names = [names[i] for i in keep]
+        self.names = [visible(names[i]) for i in keep]  # drawn as Segments, written as they are
         m = matrix[keep] if matrix.size else np.zeros((len(keep), 0))
         self.levels = self._quantize(m)
         self.virtual_size = Size(self.size.width, len(self.names))

@@ -18,7 +18,7 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from ..render import palette, bar, fmt_cycles, fmt_ms, spark
+from ..render import bar, fmt_cycles, fmt_ms, palette, spark, visible
 from ..state import LayerView
 
 
@@ -173,7 +173,7 @@ class LayerTable(ScrollView, can_focus=True):
         mark = "!" if v.outlier[i] else ("▲" if v.slowest[i] else " ")
         mark_style = styles["outlier"] if v.outlier[i] else (styles["slow"] if v.slowest[i] else base)
         segs.append(Segment(mark + " ", base + mark_style if not selected else base))
-        name = ("  " if child else "") + v.names[i]
+        name = ("  " if child else "") + visible(v.names[i])  # a Segment is written as is: no ESC in it
         if len(name) > self._name_width - 1:
             name = "…" + name[-(self._name_width - 2):]
         segs.append(Segment(name.ljust(self._name_width), base + styles["slow"] if v.slowest[i] and not selected else base))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from textual.content import Content
 from textual.widgets import Static
 
+from ..render import visible
 from ..state import ViewState
 
 LEVEL_STYLE = {"error": "bold reverse $error", "warning": "bold $warning", "info": "$text-muted"}
@@ -22,19 +23,20 @@ class StatusLine(Static):
     @staticmethod
     def content(state: ViewState) -> Content:
         if state.error:
-            return Content.assemble(("engine error", LEVEL_STYLE["error"]), f" {state.error}",
+            return Content.assemble(("engine error", LEVEL_STYLE["error"]), f" {visible(state.error)}",
                                     " — the recording is kept" if state.recording_path else "")
         if state.no_layer_timing:
             return Content.assemble(("no per-layer timing", LEVEL_STYLE["error"]),
                                     " hooks did not fire: CUDA graphs or a compiled model replay skip them")
         if state.statuses:
             s = state.statuses[-1]
-            return Content.assemble((s.level, LEVEL_STYLE.get(s.level, "")), f" {s.message}")
+            return Content.assemble((visible(s.level), LEVEL_STYLE.get(s.level, "")), f" {visible(s.message)}")
         if state.header is not None:
             d = state.header.get("device", {})
             if d.get("kind") == "cpu":
                 src = state.header.get("clock", {}).get("source")
-                return Content.assemble(("CPU mode", "bold"), f" · no GPU in use · cycles from the {src} clock",
+                return Content.assemble(("CPU mode", "bold"),
+                                        f" · no GPU in use · cycles from the {visible(src)} clock",
                                         ("   ? help", "$text-muted"))
             return Content.assemble(("? help", "$text-muted"))
-        return Content(state.loading or "")
+        return Content(visible(state.loading or ""))

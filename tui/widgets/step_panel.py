@@ -6,7 +6,7 @@ import numpy as np
 from textual.content import Content
 from textual.widgets import Static
 
-from ..render import bar, fmt3, spark
+from ..render import bar, fmt3, spark, visible
 from ..state import ViewState
 
 KIND_STYLE = {"prefill": "$accent", "decode": "$primary", "encode": "$primary"}
@@ -37,7 +37,7 @@ class StepPanel(Static):
         parts.append("\n")
         dist = state.step_distribution(bins=max(2, min(12, height - 2 - len(state.step_distribution()["by_kind"]))))
         for kind, d in dist["by_kind"].items():
-            parts.append((f"{kind:<8}", KIND_STYLE.get(kind, "") + " bold"))
+            parts.append((f"{visible(kind):<8}", KIND_STYLE.get(kind, "") + " bold"))
             line = f"{d['count']:>5}× p50 {fmt3(d['p50'])} p90 {fmt3(d['p90'])} p99 {fmt3(d['p99'])} ms"
             if len(line) + 8 > width:
                 line = f" {d['count']}× p50 {fmt3(d['p50'])} p99 {fmt3(d['p99'])} ms"
