@@ -7,11 +7,12 @@ this module never imports the UI. ``python -m llm_moments.engine`` runs the same
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
 import threading
-from typing import Any, Callable, Sequence
+from typing import IO, Any, Callable, Iterator, Sequence
 
 from llm_moments.engine import __version__
 from llm_moments.engine.errors import MomentsError
@@ -30,8 +31,17 @@ interrupted (SIGINT, SIGTERM, SIGHUP, or the terminal went away): the recording 
 """
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors are one line on stderr, like every other error, and exit 2 (``--help`` has the rest)."""
+
+    def error(self, message: str) -> Any:
+        from llm_moments.engine.output.sanitize import visible
+
+        self.exit(2, f"moments: error: {visible(message)} (see {self.prog} --help)\n")
+
+
 def build_parser(prog: str = "moments", headless_only: bool = True) -> tuple[argparse.ArgumentParser, Any]:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=prog, description="Watch where a language model's inference time goes, layer by layer: each "
         "layer's moment (its time inside one step) beside the clock cycles it took.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,7 +64,10 @@ def build_parser(prog: str = "moments", headless_only: bool = True) -> tuple[arg
     rep.add_argument("file", metavar="FILE", help="a recording (.jsonl) written by --record or the Python API")
     rep.add_argument("--format", default="text", choices=["text", "json", "md", "html"],
                      help="text (default), json, md (markdown), or html (a report with pictures)")
-    rep.add_argument("-o", "--output", default=None, metavar="OUT", help="write to OUT instead of stdout")
+    rep.add_argument("-o", "--output", default=None, metavar="OUT",
+                     help="write to OUT instead of stdout (a new file; an existing one only with --force)")
+    rep.add_argument("--force", action="store_true",
+                     help="replace an existing OUT (a regular file only; a symlink is never followed)")
     dif = sub.add_parser("diff", help="compare two recordings layer by layer",
                          description="Per layer p50 / p99 moment, cycles and share of A and B side by side, "
                                      "with the change and whether it is beyond the noise of the two runs "
@@ -74,7 +87,10 @@ def build_parser(prog: str = "moments", headless_only: bool = True) -> tuple[arg
     exp.add_argument("file", metavar="FILE", help="a recording (.jsonl)")
     exp.add_argument("--format", required=True, choices=["chrome", "csv", "json"])
     exp.add_argument("-o", "--output", default=None, metavar="OUT",
-                     help="output file (default: FILE with .trace.json / .csv / .json)")
+                     help="output file (default: FILE with .trace.json / .csv / .json; - for stdout); a new "
+                          "file: an existing one only with --force")
+    exp.add_argument("--force", action="store_true",
+                     help="replace an existing OUT (a regular file only; a symlink is never followed)")
     return parser, sub
 
 
@@ -119,17 +135,54 @@ def _warn(path: str, warnings: list[str]) -> None:
         print(visible(f"moments: warning: {path}: {warning}"), file=sys.stderr)
 
 
-def _write_out(text: str, output: str | None) -> None:
+def _check_output(output: str, force: bool) -> Any:
+    """An output path checked before any work: not empty, not a directory, not a symlink or special
+    file, and new unless ``force``."""
     from pathlib import Path
 
+    from llm_moments.engine.core.recording import check_writable
+
+    return check_writable(output, what="write to", example="out" + (Path(output).suffix or ".txt"), force=force)
+
+
+def _output_mode(source: str) -> int:
+    """An output is never readable by more people than the recording it comes from: its permission
+    bits (owner read/write added; the umask applies on top)."""
+    try:
+        return (os.stat(source).st_mode & 0o666) | 0o600
+    except OSError:
+        return 0o600
+
+
+@contextlib.contextmanager
+def _open_output(path: Any, force: bool, source: str) -> Iterator[IO[str]]:
+    """``engine.core.files.output`` (exclusive create; with --force an atomic replace; never through a
+    symlink) with its errors as one line."""
+    from llm_moments.engine.core import files
+
+    try:
+        with files.output(path, force=force, mode=_output_mode(source)) as fh:
+            yield fh
+    except files.FileExists:
+        raise MomentsError(f"cannot write to {path}: it already exists (add --force to replace it, "
+                           "or give another name)") from None
+    except files.NotRegular as exc:
+        raise MomentsError(f"cannot write to {path}: {exc.strerror}") from None
+    except MomentsError:
+        raise
+    except OSError as exc:
+        raise MomentsError(f"cannot write to {path}: {exc.strerror or exc}") from None
+
+
+def _write_out(text: str, output: str | None, force: bool = False, source: str = "") -> None:
     if output is None:
         sys.stdout.write(text)
         return
-    from llm_moments.engine.core.recording import check_writable
     from llm_moments.engine.output.sanitize import visible
 
-    path = check_writable(output, what="write to", example="out" + (Path(output).suffix or ".txt"))
-    path.write_text(text, encoding="utf-8")
+    path = _check_output(output, force)
+    with _open_output(path, force, source) as fh:
+        fh.write(text)
     print(f"wrote {visible(path)}", file=sys.stderr)
 
 
@@ -137,6 +190,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from llm_moments.engine.analysis.report import analyze
     from llm_moments.engine.output.text import render_json, render_text
 
+    if args.output is not None:  # before the recording is read: a bad OUT costs nothing
+        _check_output(args.output, args.force)
     data = analyze(args.file)   # one streaming pass: memory does not grow with the recording
     rec = data.rec
     _warn(args.file, rec.warnings)
@@ -149,7 +204,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         out = render_json(data.summary, rec.header, outliers=data.outliers)
     else:
         out = render_text(data.summary, rec.header, outliers=(data.outliers, data.outliers_total))
-    _write_out(out, getattr(args, "output", None))
+    _write_out(out, getattr(args, "output", None), getattr(args, "force", False), args.file)
     return 0
 
 
@@ -171,26 +226,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from llm_moments.engine.analysis.scan import scan
-    from llm_moments.engine.core.recording import check_writable
     from llm_moments.engine.output.export import write_export
     from llm_moments.engine.output.sanitize import visible
 
-    sc = scan(args.file)   # streamed out record by record: memory does not grow with the recording
     suffix = {"chrome": ".trace.json", "csv": ".csv", "json": ".json"}[args.format]
-    output = args.output or str(Path(args.file).with_suffix("")) + suffix
-    if output == "-":
+    output = args.output if args.output is not None else str(Path(args.file).with_suffix("")) + suffix
+    path = None if output == "-" else _check_output(output, args.force)  # before any work
+    sc = scan(args.file)   # streamed out record by record: memory does not grow with the recording
+    if path is None:
         write_export(sc, args.format, sys.stdout)
         _warn(args.file, sc.warnings)
         return 0
-    path = check_writable(output, what="write to", example="out" + (Path(output).suffix or ".txt"))
-    part = path.with_name(path.name + ".part")   # a failed export leaves no half-written OUT
-    try:
-        with open(part, "w", encoding="utf-8", newline="") as fh:
-            write_export(sc, args.format, fh)
-        os.replace(part, path)
-    finally:
-        if part.exists():
-            part.unlink()
+    # A new file, created exclusively (never through a symlink); with --force the old one is replaced
+    # only once the export is complete. A failed export leaves no half-written OUT.
+    with _open_output(path, args.force, args.file) as fh:
+        write_export(sc, args.format, fh)
     _warn(args.file, sc.warnings)
     print(f"wrote {visible(path)}", file=sys.stderr)
     return 0

@@ -426,7 +426,7 @@ def test_a_full_disk_stops_the_recording_not_the_session(tmp_path, monkeypatch, 
     died: list = []
     monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args))
     disk = FullDisk(room=12_000)
-    monkeypatch.setattr(monitor_mod, "Recorder", lambda path: Recorder(path, fh=disk))
+    monkeypatch.setattr(monitor_mod, "Recorder", lambda path, **kw: Recorder(path, fh=disk))
     code = cli.main(["run", "--headless", "--model", "tiny-gpt2", "--no-calibrate", "--steps", "24",
                      "--max-new-tokens", "4", "--warmup", "0", "--format", "json", "--record", str(tmp_path / "r.jsonl")])
     out, err = capsys.readouterr()
@@ -486,7 +486,9 @@ def test_a_write_error_in_a_real_process_exits_3_with_one_line(hung_up_and_full)
     assert code == 3, stderr
     assert "Traceback" not in stderr
     rec = load(path)
-    assert rec.footer["reason"] == "error" and rec.warnings == []
+    # The footer goes in when the disk leaves room for it; either way the file ends on a whole step.
+    assert (rec.footer is not None and rec.footer["reason"] == "error" and rec.warnings == []) or (
+        rec.footer is None and rec.warnings == ["no footer: the session did not end cleanly (killed, or still being written)"])
     said = [l for l in stderr.splitlines() if "record" in l]
     assert said == [f"moments: recording stopped: file too large after {len(rec.steps)} steps; they are "
                     f"safely in {path}"]

@@ -191,7 +191,9 @@ def test_a_write_error_in_the_engine_stops_the_recording_not_the_session(live, t
     lv.source.stop(timeout_s=30)
     assert lv.source.exit_code == 3
     rec = load(path)
-    assert rec.footer["reason"] == "error" and rec.warnings == []
+    # The footer goes in when the disk leaves room for it; either way the file ends on a whole step.
+    assert (rec.footer is not None and rec.footer["reason"] == "error" and rec.warnings == []) or (
+        rec.footer is None and rec.warnings == ["no footer: the session did not end cleanly (killed, or still being written)"])
     assert lv.source.recording_lost == (f"recording stopped: file too large after {len(rec.steps)} steps; "
                                         f"they are safely in {path}")
     assert [r.get("path") for r in lv.of_type("recording")][-1] is None  # the UI's indicator goes off

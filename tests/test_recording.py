@@ -408,7 +408,7 @@ def test_a_monitor_carries_on_when_its_recording_fails(tmp_path, tiny_gpt2, monk
     died: list = []
     monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args))
     disk = FullDisk(room=9_000)
-    monkeypatch.setattr(monitor_mod, "Recorder", lambda path: Recorder(path, fh=disk))
+    monkeypatch.setattr(monitor_mod, "Recorder", lambda path, **kw: Recorder(path, fh=disk))
     seen: list[dict] = []
     with Monitor(tiny_gpt2, record=tmp_path / "r.jsonl", clock_source=FakeClock(1000.0),
                  listeners=[seen.append]) as mon:

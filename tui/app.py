@@ -7,6 +7,7 @@ frame per tick from whatever arrived, so the UI's cost does not grow with the st
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -189,10 +190,16 @@ class MomentsApp(App):
             self.notify(f"recording closed: {visible(path)}", markup=False)
             return
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(self._clock()))
-        self.push_screen(RecordDialog(f"moments-{stamp}.jsonl"), self._start_recording)
+        name = next(n for n in (f"moments-{stamp}{f'-{i}' if i else ''}.jsonl" for i in range(1000))
+                    if not os.path.lexists(n))  # a name that is free now; the file is created exclusively
+        self.push_screen(RecordDialog(name), self._start_recording)
 
     def _start_recording(self, path: str | None) -> None:
         if not path:
+            return
+        if os.path.lexists(os.path.expanduser(path)):  # the UI never replaces a file (no --force here)
+            self.notify(visible(f"not recording: {path} already exists; give another name"),
+                        severity="error", timeout=8, markup=False)
             return
         try:
             real = self.source.start_recording(path)
@@ -211,9 +218,17 @@ class MomentsApp(App):
         self.redraw()
 
     def action_screenshot(self) -> None:
+        """An SVG of the screen in ``screenshot_dir``: moments-YYYYmmdd-HHMMSS.svg, else -1, -2, ... on
+        the end of the name: a new file, created exclusively, never an existing one or a symlink's
+        target."""
+        from llm_moments.engine.core import files
+
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(self._clock()))
         try:
-            path = self.save_screenshot(filename=f"moments-{stamp}.svg", path=str(self.screenshot_dir))
+            svg = self.export_screenshot()
+            fd, path = files.create_unique(self.screenshot_dir, f"moments-{stamp}", ".svg")
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(svg)
         except OSError as exc:
             self.notify(f"screenshot not saved: {visible(exc)}", severity="error", markup=False)
             return

@@ -75,21 +75,31 @@ def _say(line: str) -> None:
         pass
 
 
-def _precheck_live(args: argparse.Namespace) -> None:
-    """What can fail before the screen opens fails here, as one line (the model loads in the UI)."""
-    from llm_moments.engine.session.inputs import read_texts
-    from llm_moments.engine.session.models import check_model_spec
-    from llm_moments.engine.core.recording import check_record_path
+def _check_theme(args: argparse.Namespace) -> None:
+    """``--theme`` given on the command line: a bad one is an error (one line, exit 2) before anything
+    loads; switching inside the UI (``t``) only ever offers themes that loaded."""
+    if getattr(args, "theme", None) is None:
+        return
+    from . import themes
 
-    if args.record:
-        check_record_path(args.record)
+    try:
+        themes.check(args.theme)
+    except themes.ThemeError as exc:
+        raise MomentsError(str(exc)) from None
+
+
+def _precheck_live(args: argparse.Namespace) -> None:
+    """What can fail before the screen opens fails here, as one line (the model loads in the engine
+    process): the same checks as a headless run (engine.session.setup.check_run_options)."""
+    from llm_moments.engine.session.setup import check_run_options
+
     if args.inputs == "-":
         raise MomentsError("--inputs - (stdin) needs the headless mode: the live monitor reads the keyboard")
-    read_texts(args.inputs)
-    check_model_spec(args.model, args.device, args.dtype)
+    check_run_options(args)
 
 
 def cmd_live(args: argparse.Namespace) -> int:
+    _check_theme(args)
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         print("moments: no terminal here: running headless (use --headless to say so)", file=sys.stderr)
         return cmd_run_headless(args)
@@ -99,8 +109,16 @@ def cmd_live(args: argparse.Namespace) -> int:
     return _run_app(LiveSource(args), args.theme)
 
 
+def cmd_headless(args: argparse.Namespace) -> int:
+    _check_theme(args)  # no screen to use it, but a bad --theme is a bad command line all the same
+    return cmd_run_headless(args)
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
-    from .sources import ReplaySource
+    from .sources import ReplaySource, check_speed
+
+    check_speed(args.speed)
+    _check_theme(args)
 
     source = ReplaySource(args.file, speed=args.speed)  # a bad file fails here, before the screen
     for warning in source.rec.warnings:
@@ -120,6 +138,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     from .sources import WatchSource
 
+    _check_theme(args)
+    if not args.file.strip():
+        raise MomentsError("watch: the recording's path is empty")
     path = Path(args.file).expanduser()
     if path.is_dir():
         raise MomentsError(f"{path} is a directory, not a recording")
@@ -150,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return guarded(lambda: serve(args))
     if args.headless:
-        return guarded(lambda: cmd_run_headless(args))
+        return guarded(lambda: cmd_headless(args))
     return guarded(lambda: cmd_live(args))
 
 

@@ -345,6 +345,7 @@ class WatchSource(_Buffered):
     mode = "watch"
     can_record = False
     can_seek = False
+    MAX_BUFFER = 50_000     # records read ahead of the UI at most
 
     def __init__(self, path: str | Path, poll_s: float = 0.2, idle_after_s: float = 5.0):
         super().__init__()
@@ -381,6 +382,8 @@ class WatchSource(_Buffered):
                         self.event = None
                 self._put(record)
                 self._say_skipped()
+                while len(self._buffer) > self.MAX_BUFFER and not self._stop.is_set():
+                    time.sleep(0.01)   # catching up on a big file: wait for the UI, hold a bounded batch
                 if rtype == "footer":
                     self.writer_done = True
                     self._put({"type": "status", "level": "info",

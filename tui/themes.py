@@ -37,7 +37,8 @@ def parse_theme(data: dict[str, Any], where: str) -> Theme:
     if not isinstance(variables, dict):
         raise ThemeError(f"{where}: [variables] must be a table")
     variables = {str(k): _color(v, f"{where}: variables.{k}") for k, v in variables.items()}
-    for key, default in (("heat-low", colors.get("surface", "#202020")), ("heat-high", colors.get("accent", colors["primary"]))):
+    heat = (("heat-low", colors.get("surface", "#202020")), ("heat-high", colors.get("accent", colors["primary"])))
+    for key, default in heat:
         variables.setdefault(key, default)
     dark = data.get("dark", True)
     if not isinstance(dark, bool):
@@ -55,14 +56,27 @@ def _color(value: Any, where: str) -> str:
     return value
 
 
+THEME_CAP = 1 << 20  # bytes: a theme is a few lines of TOML
+
+
 def load_theme_file(path: str | Path) -> Theme:
+    from llm_moments.engine.core import files
+
     p = Path(path).expanduser()
     try:
-        text = p.read_text(encoding="utf-8")
+        text = files.read_regular(p, THEME_CAP).decode("utf-8")
     except FileNotFoundError:
         raise ThemeError(f"theme file {p} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ThemeError(f"cannot read theme file {p}: {exc}") from None
+    except IsADirectoryError:
+        raise ThemeError(f"theme file {p} is a directory") from None
+    except files.NotRegular:
+        raise ThemeError(f"theme file {p} is not a regular file") from None
+    except files.TooLarge:
+        raise ThemeError(f"theme file {p} is larger than {files.human_bytes(THEME_CAP)}") from None
+    except UnicodeDecodeError:
+        raise ThemeError(f"cannot read theme file {p}: it is not UTF-8 text") from None
+    except OSError as exc:
+        raise ThemeError(f"cannot read theme file {p}: {exc.strerror or exc}") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -79,8 +93,17 @@ def builtin_themes() -> list[Theme]:
     return out
 
 
-def resolve(spec: str | None) -> tuple[list[Theme], str, str | None]:
-    """(themes to register, the one to use, a warning) for ``--theme`` = builtin name or a file."""
+def check(spec: str) -> None:
+    """``--theme`` on the command line: a bad one raises ThemeError (the CLI says it in one line and
+    exits 2, before anything loads). Inside the UI a bad theme is only a notice (``resolve``)."""
+    if not spec.strip():
+        raise ThemeError(f"--theme is empty: use {', '.join(BUILTIN)}, or a theme file (.toml)")
+    resolve(spec, strict=True)
+
+
+def resolve(spec: str | None, strict: bool = False) -> tuple[list[Theme], str, str | None]:
+    """(themes to register, the one to use, a warning) for ``--theme`` = builtin name or a file.
+    ``strict``: a broken file or an unknown name raises ThemeError instead of a warning."""
     themes = builtin_themes()
     if not spec:
         return themes, BUILTIN["dark"], None
@@ -92,7 +115,11 @@ def resolve(spec: str | None) -> tuple[list[Theme], str, str | None]:
         try:
             user = load_theme_file(spec)
         except ThemeError as exc:
+            if strict:
+                raise
             return themes, BUILTIN["dark"], f"{exc}; using the dark theme"
         return themes + [user], user.name, None
-    return themes, BUILTIN["dark"], (f"unknown theme {spec!r} (built in: {', '.join(BUILTIN)}; or a .toml file); "
-                                     "using the dark theme")
+    unknown = f"unknown theme {spec!r} (built in: {', '.join(BUILTIN)}; or a .toml file)"
+    if strict:
+        raise ThemeError(unknown)
+    return themes, BUILTIN["dark"], f"{unknown}; using the dark theme"

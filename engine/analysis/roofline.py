@@ -117,11 +117,17 @@ class LayerWork:
 def layer_work(table: StepTable, roof: Roof) -> LayerWork:
     """Work of every layer over the table's steps (see the module docstring)."""
     sums = WorkSums(table.n_layers)
-    if table.coeffs is None:
+    if table.coeffs is not None:
+        sums.add(table)
+    return work_of_sums(sums, table.coeffs is not None, roof)
+
+
+def work_of_sums(sums: WorkSums, has_coeffs: bool, roof: Roof) -> LayerWork:
+    """``layer_work`` from sums folded chunk by chunk (``WorkSums.add``)."""
+    if not has_coeffs:
         return LayerWork(None, roof, 1.0, NO_WORK)
-    if not len(table):
+    if not sums.steps:
         return LayerWork(None, roof, 1.0, "no steps recorded")
-    sums.add(table)
     return LayerWork(sums.place(roof), roof, sums.clock_scale(roof), None if roof.known else NO_ROOF)
 
 

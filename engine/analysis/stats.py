@@ -193,3 +193,91 @@ def summarize_table(table: StepTable, steps_total: int | None = None) -> Summary
 def summarize_recording(header: dict[str, Any], steps: list[dict[str, Any]]) -> Summary:
     """Summary of every step in a loaded recording (exact, no window)."""
     return summarize_table(StepTable.from_steps(header, steps))
+
+
+class SummaryAcc:
+    """The ``Summary`` of a recording of any length, folded one step table chunk at a time in bounded
+    memory: counts, sums, means, std, share, coverage and the newest moment exact; p50 / p90 / p99 from
+    ``sketch.QuantileSketch`` (exact while the values fit its budget, within 0.5 % after)."""
+
+    def __init__(self, names: Sequence[str], parents: Sequence[int | None]):
+        from llm_moments.engine.analysis.sketch import QuantileSketch
+
+        self.names, self.parents = list(names), list(parents)
+        n = self.n_layers = len(self.names)
+        self.top = np.array([p is None for p in self.parents], dtype=bool)
+        self.steps = 0
+        self.ms = QuantileSketch(n)
+        self.ms_sum = np.zeros(n)
+        self.cycles_sum = np.zeros(n)
+        self.cycles_n = np.zeros(n, dtype=np.int64)
+        self.last = np.full(n, np.nan)
+        self.wall_total = 0.0
+        self.covered_total = 0.0
+        self.unattributed_sum = 0.0
+        self.kinds: dict[str, dict[str, Any]] = {}   # kind → count, tokens, Moments, QuantileSketch of wall
+        self.wall_all = QuantileSketch(1)             # every step's wall time (the report's histogram)
+
+    def add(self, table: StepTable) -> None:
+        from llm_moments.engine.analysis.sketch import Moments, QuantileSketch
+
+        m = len(table)
+        if not m:
+            return
+        ms, cycles, wall = table.ms, table.cycles, table.wall_ms
+        self.steps += m
+        self.ms.add(ms)
+        ran = np.isfinite(ms)
+        self.ms_sum += np.where(ran, ms, 0.0).sum(axis=0)
+        newest = m - 1 - np.argmax(ran[::-1], axis=0)
+        hit = ran.any(axis=0)
+        self.last[hit] = ms[newest[hit], np.flatnonzero(hit)]
+        cyc = np.isfinite(cycles)
+        self.cycles_sum += np.where(cyc, cycles, 0.0).sum(axis=0)
+        self.cycles_n += cyc.sum(axis=0)
+        self.wall_total += float(np.nansum(wall))
+        covered = np.nansum(ms[:, self.top], axis=1)
+        self.covered_total += float(covered.sum())
+        self.unattributed_sum += float((wall - covered).sum())
+        self.wall_all.add(wall)
+        kinds, tokens = table.kind, table.tokens
+        for kind in dict.fromkeys(kinds.tolist()):
+            sel = kinds == kind
+            k = self.kinds.get(kind)
+            if k is None:
+                k = self.kinds[kind] = {"count": 0, "tokens": 0, "moments": Moments(), "wall": QuantileSketch(1)}
+            k["count"] += int(sel.sum())
+            k["tokens"] += int(tokens[sel].sum())
+            k["moments"].add(wall[sel])
+            k["wall"].add(wall[sel])
+
+    def summary(self) -> Summary:
+        n = self.steps
+        rows = []
+        if n:
+            p50, p99 = self.ms.quantiles([50, 99])
+            count = self.ms.count
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = np.where(count > 0, self.ms_sum / np.maximum(count, 1), np.nan)
+                cyc = np.where(self.cycles_n > 0, self.cycles_sum / np.maximum(self.cycles_n, 1), np.nan)
+            share = self.ms_sum / self.wall_total if self.wall_total > 0 else np.zeros(self.n_layers)
+            for j, name in enumerate(self.names):
+                rows.append(LayerRow(name, self.parents[j], int(count[j]), float(self.last[j]), float(mean[j]),
+                                     float(p50[j]), float(p99[j]), float(cyc[j]), float(share[j])))
+        coverage = self.covered_total / self.wall_total if self.wall_total > 0 else float("nan")
+        unattributed = self.unattributed_sum / n if n else float("nan")
+        step_rows = []
+        for kind in KINDS:
+            k = self.kinds.get(kind)
+            if k is None:
+                continue
+            p50, p90, p99 = self._wall_quantiles(k["wall"], [50, 90, 99])
+            step_rows.append(StepRow(kind, k["count"], k["tokens"], k["moments"].avg, k["moments"].std,
+                                     p50, p90, p99))
+        return Summary(rows, step_rows, n, n, float(coverage), float(unattributed))
+
+    @staticmethod
+    def _wall_quantiles(sk: Any, qs: list[float]) -> list[float]:
+        if sk.exact:   # np.percentile of the kind's wall times, NaN included, as summarize() does
+            return [float(v) for v in np.percentile(sk.values()[:, 0], qs)]
+        return [float(v) for v in sk.quantiles(qs)[:, 0]]

@@ -34,12 +34,20 @@ def _convert(steps: Sequence[dict[str, Any]], n_layers: int,
     """Records → arrays: the one None → NaN conversion of the project."""
     def layer(key: str) -> np.ndarray:
         rows = [s.get(key) for s in steps]
-        rows = [r if r is not None and len(r) == n_layers else (None,) * n_layers for r in rows]
-        return np.array(rows, dtype=np.float64).reshape(len(steps), n_layers)  # None → NaN
+        rows = [r if type(r) in (list, tuple) and len(r) == n_layers else (None,) * n_layers for r in rows]
+        try:
+            arr = np.array(rows, dtype=np.float64).reshape(len(steps), n_layers)  # None → NaN
+        except (TypeError, ValueError, OverflowError):  # a record the reader did not check: row by row
+            arr = np.array([_float_row(r, n_layers) for r in rows], dtype=np.float64).reshape(len(steps), n_layers)
+        return _measured(arr)
 
     def step(key: str, dtype: Any, default: Any) -> np.ndarray:
-        values = [s.get(key) for s in steps]
-        return np.array([default if v is None else v for v in values], dtype=dtype)
+        values = [default if v is None else v for v in (s.get(key) for s in steps)]
+        try:
+            out = np.array(values, dtype=dtype)
+        except (TypeError, ValueError, OverflowError):
+            out = np.array([_scalar(v, dtype, default) for v in values], dtype=dtype)
+        return _measured(out) if out.dtype == np.float64 else out
 
     out = {name: layer(key) for name, key in LAYER_FIELDS.items()}
     out.update(index=step("index", np.int64, -1), kind=np.array([str(s.get("kind") or "?") for s in steps], "<U8"),
@@ -49,13 +57,42 @@ def _convert(steps: Sequence[dict[str, Any]], n_layers: int,
                clock_mhz=step("clock_mhz", np.float64, np.nan),
                hooks_fired=np.array([s.get("hooks_fired") is not False for s in steps], dtype=bool))
     throttle = np.empty(len(steps), dtype=object)
-    throttle[:] = [tuple(s.get("throttle_reasons") or ()) for s in steps]
+    throttle[:] = [tuple(r) if type(r) in (list, tuple) else () for r in (s.get("throttle_reasons") for s in steps)]
     out["throttle"] = throttle
     if coeffs is not None:  # what each layer computed: positions, and the keys its attention spanned
         _, out["positions"], out["context"] = work_inputs(coeffs, steps)
     else:
         out["positions"] = out["context"] = np.full((len(steps), n_layers), np.nan)
     return out
+
+
+def _number(v: Any) -> float:
+    """A JSON number as a float; anything else (text, a list, a bool, a huge integer) is NaN."""
+    if type(v) is float or type(v) is int:
+        try:
+            return float(v)
+        except OverflowError:
+            return np.nan
+    return np.nan
+
+
+def _float_row(row: Sequence[Any], n: int) -> list[float]:
+    return [_number(v) for v in row] if len(row) == n else [np.nan] * n
+
+
+def _scalar(v: Any, dtype: Any, default: Any) -> Any:
+    x = _number(v)
+    if dtype is np.float64:
+        return x
+    return default if not np.isfinite(x) or abs(x) >= 2 ** 62 else int(x)
+
+
+def _measured(arr: np.ndarray) -> np.ndarray:
+    """Values the reader would refuse (infinite, negative times) become NaN: unknown, never a number."""
+    bad = ~np.isfinite(arr) | (arr < 0)
+    if bad.any():
+        arr[bad] = np.nan
+    return arr
 
 
 class StepTable:
@@ -104,7 +141,8 @@ class StepTable:
         """Append step records, converted ``CHUNK`` at a time; returns how many were kept."""
         kept, chunk = 0, []
         for s in steps:
-            if len(s.get("layer_ms") or ()) != self.n_layers:
+            ms = s.get("layer_ms")
+            if type(ms) not in (list, tuple) or len(ms) != self.n_layers:
                 self.dropped += 1
                 continue
             chunk.append(s)

@@ -12,13 +12,21 @@ top-level entry when no layer is open, a child of block *k* while block *k* (and
 children) runs. A call for which no entry fits is *nested*: its time stays in the enclosing
 layer's moment and it only counts in its module's first entry's nested calls. So a step's
 top-level moments never overlap and the children of a layer sum to at most the layer.
+
+Pipeline stages: a module this stage does not own is a placeholder (transformers'
+``PipelineIdentityLayer``). It stays in the layer list (``present=False``), so every stage lists the
+same layers, is not hooked (its moment is null: it does no work) and a placeholder block gets the
+children of an owned block of the same list, with the same names, also absent. A ``synthetic``
+entry (the pipeline's send/receive wait, engine/core/dist.py) has no hooks: its timer is driven
+by a wrapper around the stage's communication.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,12 +36,23 @@ DEPTHS = ("blocks", "sublayers", "leaves")
 # Modules that do no work at inference: hooking them costs time and shows only noise.
 _SKIP = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
 
+# Stand-ins for modules another pipeline stage owns (by class name: no transformers import here).
+PLACEHOLDERS = frozenset({"PipelineIdentityLayer"})
+
+
+def is_placeholder(mod: Any) -> bool:
+    """A module that stands in for one another pipeline stage owns (it passes its input through)."""
+    return type(mod).__name__ in PLACEHOLDERS
+
 
 @dataclass
 class Layer:
     name: str               # module path in the model, e.g. "transformer.h.3.attn"
     module: nn.Module
     parent: int | None      # index of the enclosing top-level layer; None for a top-level layer
+    present: bool = True    # False: another pipeline stage owns it (a placeholder here; not hooked)
+    synthetic: bool = False  # not a module of the model: timed by a wrapper (no hooks), e.g. pipeline waits
+    comm: str | None = None  # a synthetic entry's collective (real layers get theirs from the TP plan)
 
 
 def _block_list(model: nn.Module) -> tuple[list[str], nn.Module] | None:
@@ -43,7 +62,8 @@ def _block_list(model: nn.Module) -> tuple[list[str], nn.Module] | None:
     for path, mod in model.named_modules():
         if not isinstance(mod, (nn.ModuleList, nn.Sequential)) or len(mod) < 2:
             continue
-        types = {type(child) for child in mod}
+        # placeholders of a pipeline stage stand where blocks another stage owns would be
+        types = {type(child) for child in mod if not is_placeholder(child)}
         if len(types) != 1:
             continue
         n_params = sum(p.numel() for p in mod.parameters())
@@ -54,7 +74,7 @@ def _block_list(model: nn.Module) -> tuple[list[str], nn.Module] | None:
 
 
 def _skip(mod: nn.Module) -> bool:
-    return isinstance(mod, _SKIP)
+    return isinstance(mod, _SKIP) and not is_placeholder(mod)
 
 
 def _join(prefix: str, name: str) -> str:
@@ -90,18 +110,25 @@ def find_layers(model: nn.Module, depth: str = "blocks") -> list[Layer]:
     if depth not in DEPTHS:
         raise ValueError(f"depth must be one of {', '.join(DEPTHS)}, not {depth!r}")
     tops, block_ids = top_level_layers(model)
+    # An owned block whose children name those of a placeholder block (pipeline stages list alike)
+    template = next((m for _, m in tops if id(m) in block_ids and not is_placeholder(m)), None)
     layers: list[Layer] = []
     for name, mod in tops:
         parent = len(layers)
-        layers.append(Layer(name, mod, None))
+        absent = is_placeholder(mod)
+        layers.append(Layer(name, mod, None, present=not absent))
+        src = template if absent and id(mod) in block_ids and template is not None else mod
+        kids: list[str] = []
         if depth == "sublayers" and id(mod) in block_ids:
-            for cname, child in mod.named_children():
-                if not _skip(child):
-                    layers.append(Layer(_join(name, cname), child, parent))
+            kids = [cname for cname, child in src.named_children() if not _skip(child)]
         elif depth == "leaves":
-            for cname, child in mod.named_modules():
-                if cname and not any(True for _ in child.children()) and not _skip(child):
-                    layers.append(Layer(_join(name, cname), child, parent))
+            kids = [cname for cname, child in src.named_modules()
+                    if cname and not any(True for _ in child.children()) and not _skip(child)]
+        if absent:
+            layers.extend(Layer(_join(name, c), mod, parent, present=False) for c in kids)
+        else:
+            subs = dict(mod.named_modules())
+            layers.extend(Layer(_join(name, c), subs[c], parent) for c in kids)
     return layers
 
 
@@ -149,6 +176,8 @@ class StepHooks:
         """Each distinct module with its (entry index, parent code) pairs, in layer order."""
         by_id: dict[int, tuple[nn.Module, list[tuple[int, int]]]] = {}
         for i, layer in enumerate(self.layers):
+            if not layer.present or layer.synthetic:
+                continue  # a placeholder does no work; a synthetic entry is timed by its wrapper
             parent = ROOT if layer.parent is None else layer.parent
             _, cands = by_id.setdefault(id(layer.module), (layer.module, []))
             if all(p != parent for _, p in cands):  # the same module twice under one parent: first wins
@@ -199,7 +228,7 @@ class StepHooks:
 
         return pre, post
 
-    def attach(self) -> "StepHooks":
+    def attach(self) -> StepHooks:
         if self._handles:
             return self
         self._stack[:] = [OUTSIDE]
@@ -241,7 +270,7 @@ class StepHooks:
             self._stack[:] = [OUTSIDE]  # also drops entries a raising forward left open
             self.on_step_end(exc is not None and exc is not begun_with)
 
-    def __enter__(self) -> "StepHooks":
+    def __enter__(self) -> StepHooks:
         return self.attach()
 
     def __exit__(self, *exc: Any) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from llm_moments.engine.core import files
 from llm_moments.engine.errors import MomentsError
 
 SCHEMA = "moments/1"
@@ -31,15 +32,26 @@ class RecordingError(MomentsError):
 
 _SPECIAL_ROOTS = ("/proc", "/sys", "/dev")
 
+FORCE_HINT = "add --force to replace it, or give another name"
+API_HINT = "pass overwrite=True to replace it, or give another name"
+
 
 def check_writable(path: str | os.PathLike, what: str = "record to", example: str = "run.jsonl",
-                   regular: bool = False) -> Path:
-    """Fail early (before a model loads) if ``path`` cannot be created; return it resolved.
+                   regular: bool = False, force: bool = False, hint: str = FORCE_HINT) -> Path:
+    """Fail early (before a model loads) if ``path`` cannot be created; return it (``~`` expanded).
 
-    ``regular``: the target must be a regular file on an ordinary file system (a recording): a device,
-    a pipe, or a file under /proc, /sys or /dev is refused (``/dev/full`` fails every write, a
-    ``/proc`` file takes nothing, and neither would ever hold a recording).
+    An empty path, a directory, a missing folder, a symlink (never followed, ``force`` or not), a
+    block device or socket, and an unwritable folder are refused; so is an existing file unless
+    ``force`` (then it will be replaced, see ``engine.core.files``). ``hint`` says how to replace.
+    An output (not ``regular``) may be a character device or a FIFO (``/dev/null``): nothing there
+    is overwritten.
+
+    ``regular``: the target must be a regular file on an ordinary file system (a recording): a file
+    under /proc, /sys or /dev is refused too (``/dev/full`` fails every write, a ``/proc`` file takes
+    nothing, and neither would ever hold a recording).
     """
+    if not str(path).strip():
+        raise MomentsError(f"cannot {what} an empty path: give a file name such as {example}")
     p = Path(path).expanduser()
     if p.is_dir():
         raise MomentsError(f"cannot {what} {p}: it is a directory; give a file name such as {p / example}")
@@ -52,14 +64,31 @@ def check_writable(path: str | os.PathLike, what: str = "record to", example: st
                 real == Path(root) or Path(root) in real.parents for root in _SPECIAL_ROOTS):
             raise MomentsError(f"cannot {what} {p}: not a regular file (a recording needs one; "
                                f"give a file name such as {example})")
-    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+    if not regular and files.is_stream(p):  # an output to /dev/null or a named pipe overwrites nothing
+        return p
+    try:
+        exists = files.check_replaceable(p)
+    except files.NotRegular as exc:
+        raise MomentsError(f"cannot {what} {p}: {exc.strerror}; give a file name such as {example}") from None
+    if exists and not force:
+        raise MomentsError(f"cannot {what} {p}: it already exists ({hint})")
+    if not os.access(parent, os.W_OK) or (exists and not os.access(p, os.W_OK)):
         raise MomentsError(f"cannot {what} {p}: permission denied")
     return p
 
 
-def check_record_path(path: str | os.PathLike) -> Path:
+def check_record_path(path: str | os.PathLike, force: bool = False, hint: str = FORCE_HINT) -> Path:
     """``check_writable`` for a recording: also refuses special files (see there)."""
-    return check_writable(path, regular=True)
+    return check_writable(path, regular=True, force=force, hint=hint)
+
+
+def rank_record_path(path: str | os.PathLike, rank: int) -> Path:
+    """The file one rank of a multi-rank session records to: ``run.jsonl`` → ``run.rank{R}.jsonl``
+    (R = global rank; the tag goes before the last extension; a path already tagged stays)."""
+    p = Path(path).expanduser()
+    if re.search(r"\.rank\d+$", p.stem):
+        return p
+    return p.with_name(f"{p.stem}.rank{rank}{p.suffix}")
 
 
 class RecordingLost(MomentsError):
@@ -84,16 +113,28 @@ class Recorder:
     ``error`` is tried, the file is closed, and ``RecordingLost`` is raised once; later writes are
     no-ops. ``steps_on_disk`` counts the steps the file holds.
 
+    The file is created exclusively, never through a symlink (``engine.core.files``): an existing file
+    is an error unless ``overwrite`` (then a regular file is replaced by a new inode, never truncated
+    in place). ``private`` (default): mode 0600, for recordings that may hold prompts and outputs;
+    else 0666 minus the umask. ``hint``: how the error message says to replace an existing file.
+
     ``fh``: a binary file object to write to instead of opening ``path`` (tests inject failing ones).
     """
 
-    def __init__(self, path: str | os.PathLike, fh: IO[bytes] | None = None):
-        self.path = check_record_path(path)
+    def __init__(self, path: str | os.PathLike, fh: IO[bytes] | None = None, *, overwrite: bool = False,
+                 private: bool = True, hint: str = API_HINT):
+        self.path = check_record_path(path, force=overwrite or fh is not None, hint=hint)
+        self._ident: tuple[int, int] | None = None  # (device, inode) of the file we created
         if fh is None:
             try:
-                fh = open(self.path, "wb", buffering=0)
+                fd = files.create(self.path, force=overwrite, mode=files.PRIVATE if private else files.PUBLIC)
+            except files.FileExists:
+                raise MomentsError(f"cannot record to {self.path}: it already exists ({hint})") from None
             except OSError as exc:
                 raise MomentsError(f"cannot record to {self.path}: {exc.strerror or exc}") from None
+            st = os.fstat(fd)
+            self._ident = (st.st_dev, st.st_ino)
+            fh = os.fdopen(fd, "wb", buffering=0)
         self._fh: IO[bytes] | None = fh
         self._pending: list[bytes] = []
         self._pending_steps = 0
@@ -153,11 +194,17 @@ class Recorder:
             fh.truncate(self._good_bytes)
             if self._good_bytes:  # a footer, so readers know why it ends here; may itself not fit
                 fh.seek(self._good_bytes)
-                fh.write((json.dumps({"type": "footer", "steps": steps, "reason": "error",
+                footer = (json.dumps({"type": "footer", "steps": steps, "reason": "error",
                                       "error": f"recording stopped: {why}"}, separators=(",", ":"))
-                          + "\n").encode("utf-8"))
+                          + "\n").encode("utf-8")
+                # A size limit can take part of it and refuse the rest: a torn footer is cut off again.
+                if fh.write(footer) != len(footer):
+                    fh.truncate(self._good_bytes)
         except (OSError, ValueError):
-            pass
+            try:
+                fh.truncate(self._good_bytes)
+            except (OSError, ValueError):
+                pass
         try:
             fh.close()
         except (OSError, ValueError):
@@ -192,11 +239,9 @@ class Recorder:
         self._fh = None
         self.closed = True
         if not self.header_written:
-            # The session never started (the model failed to load): leave no empty file behind.
-            try:
-                self.path.unlink()
-            except OSError:
-                pass
+            # The session never started (the model failed to load): leave no empty file behind
+            # (only the file we created: not one that took its name since).
+            files.remove_if_ours(self.path, self._ident)
 
 
 def _why(exc: BaseException) -> str:
@@ -368,7 +413,7 @@ def _fields_problem(obj: dict[str, Any]) -> str | None:
     return None
 
 
-_STEP_LAYER_ARRAYS = ("layer_cycles", "layer_calls", "layer_start_ms", "layer_nested_calls", "comm_ms")
+_STEP_LAYER_ARRAYS = ("layer_cycles", "layer_calls", "layer_start_ms", "layer_nested_calls", "comm_ms", "load_ms")
 _STEP_COUNTS = ("tokens", "batch", "seq_len", "past_len", "clock_samples", "cycles")
 _STEP_CHECKED = frozenset({"layer_ms", *_STEP_LAYER_ARRAYS, "kv_len", "head_tokens"})  # values bounded there
 

@@ -16,7 +16,48 @@ class LayerEntry(TypedDict):
 
     name: str                        # module path in the model, e.g. "model.layers.3.self_attn"
     parent: int | None               # index of the enclosing layer entry; None for a top-level layer
-    module: NotRequired[str]         # the module's class name
+    module: NotRequired[str]         # the module's class name ("(synthetic)" for a synthetic entry)
+    # Placement (design §10), written by every session since sharded sessions landed:
+    device: NotRequired[str | None]  # where the layer computes ("cpu", "cuda:1"); None when absent
+    present: NotRequired[bool]       # False: another pipeline stage owns it (placeholder, never timed)
+    comm: NotRequired[str | None]    # collective it holds from the TP plan: "all_reduce", "all_gather",
+                                     # "+"-joined if several; "p2p+broadcast" for the pipeline row; None
+    offload: NotRequired[str | None]  # "disk" | "cpu": weights loaded from there at every call (accelerate)
+    synthetic: NotRequired[bool]     # not a module: "(pipeline recv/send)", the stage's communication wait
+
+
+class DistLayout(TypedDict):
+    """This rank's place in the parallel layout."""
+
+    tp: int                          # tensor-parallel size
+    pp: int                          # pipeline stages
+    dp: int                          # data-parallel replicas
+    tp_rank: int
+    pp_rank: int
+    dp_rank: int
+    mesh: NotRequired[dict[str, int]]  # transformers' device mesh, dim name → size
+
+
+class DistInfo(TypedDict):
+    """Header ``dist``: written when torch.distributed runs with world size > 1 (one file per rank)."""
+
+    rank: int                        # global rank; the file is <name>.rank{rank}.<ext>
+    local_rank: int
+    world_size: int
+    host: str
+    backend: str | None              # "nccl", "gloo", ...
+    layout: DistLayout
+    engine: str | None               # "transformers-tp", "transformers-pp", "transformers-tp+pp",
+                                     # "accelerate-device-map", "ddp", "fsdp", "replicated"
+    session: str                     # the same on every rank of one session
+
+
+class ClockOrigin(TypedDict):
+    """Header ``clock_origin``: ``t_ns`` 0 of the session = ``perf_counter_ns``, read with ``time_ns``."""
+
+    perf_counter_ns: int
+    time_ns: int                     # wall clock (ns since the epoch): a record's wall time = time_ns + t_ns
+    read_ns: NotRequired[int]        # how long the paired read took (its uncertainty)
 
 
 class HeaderRecord(TypedDict):
@@ -37,8 +78,9 @@ class HeaderRecord(TypedDict):
     run: NotRequired[dict[str, Any]]
     work: NotRequired[dict[str, Any]]   # per-layer FLOPs / bytes coefficients (engine.core.work)
     roof: NotRequired[dict[str, Any] | None]
-    dist: NotRequired[dict[str, Any]]
-    clock_origin: NotRequired[dict[str, int]]
+    dist: NotRequired[DistInfo]
+    clock_origin: NotRequired[ClockOrigin]
+    sharding: NotRequired[dict[str, Any]]  # {"engine", "device_map"?, "offload"?: ["disk", ...]} when split
 
 
 class StepRecord(TypedDict):
@@ -65,7 +107,12 @@ class StepRecord(TypedDict):
     unattributed_ms: NotRequired[float | None]
     throttle_reasons: NotRequired[list[str] | None]
     hooks_fired: NotRequired[bool]
-    comm_ms: NotRequired[list[float | None]]
+    # Waits inside the moment (design §10). Each is the time inside the layer: an entry's own spans plus
+    # its descendants'; None where the layer did not run or holds none. compute = layer_ms - comm - load.
+    comm_ms: NotRequired[list[float | None]]   # in collectives (TP style transforms; the pipeline row: all)
+    comm_outside_ms: NotRequired[float]        # collectives while no layer was open (absent when 0)
+    load_ms: NotRequired[list[float | None]]   # loading offloaded weights (accelerate pre/post_forward)
+    pipeline_ms: NotRequired[dict[str, float]]  # the pipeline row split: "recv", "send", "broadcast"
     variant: NotRequired[str]
 
 

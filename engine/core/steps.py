@@ -147,10 +147,12 @@ def _host_scalar(layers: Sequence[Any]) -> int | None:
 class _CacheInfo:
     """What the rule keeps about one cache object: its layer groups and, if needed, a position counter."""
 
-    __slots__ = ("count", "counted", "first", "groups", "n_layers", "read", "ref", "reps", "uniform_ok", "wrapped")
+    __slots__ = ("count", "counted", "first", "groups", "n_layers", "owned", "read", "ref", "reps", "uniform_ok",
+                 "wrapped")
 
-    def __init__(self, cache: Any, ref: weakref.ref):
+    def __init__(self, cache: Any, ref: weakref.ref, owned: frozenset[int] | None = None):
         self.ref = ref
+        self.owned = owned  # cache layers this pipeline stage fills (None: all); the others stay empty
         self.wrapped: tuple[Any, Any] | None = None
         self.count: int | None = None
         self.layout(cache)
@@ -160,18 +162,25 @@ class _CacheInfo:
         self.n_layers = len(layers)
         keys: dict[tuple, int] = {}
         reps: list[int] = []
-        groups: list[int] = []
-        for j, layer in enumerate(layers):
+        groups: list[int] = [-1] * len(layers)
+        owned = self.owned
+        # A pipeline stage fills only its own layers' cache: only those can tell the past; another
+        # stage's layer takes the group of an owned layer of its kind (else none).
+        order = range(len(layers)) if owned is None else (
+            [j for j in range(len(layers)) if j in owned] + [j for j in range(len(layers)) if j not in owned])
+        for j in order:
+            layer = layers[j]
             if not _is_attention_layer(layer):
-                groups.append(-1)
                 continue
             key = (type(layer), bool(getattr(layer, "is_sliding", False)), getattr(layer, "sliding_window", None),
                    getattr(layer, "max_cache_len", None))
             g = keys.get(key)
             if g is None:
+                if owned is not None and j not in owned:
+                    continue
                 g = keys[key] = len(reps)
                 reps.append(j)
-            groups.append(g)
+            groups[j] = g
         self.reps = tuple(reps)
         self.groups = tuple(groups)
         self.uniform_ok = -1 not in self.groups  # equal values may become one int (no layer without state)
@@ -219,12 +228,15 @@ class StepRule:
     ``kv`` is None (no cache: attention spans the step's positions), an int (every attention layer spans
     that many keys) or a compact (values per group, group per cache layer) pair for ``expand_kv``.
     ``read_host_scalars``: read a static cache's length when it lives on the CPU and no counter knows it
-    (tests turn it off to run the GPU path on a CPU). ``close()`` takes the wrappers off the caches.
+    (tests turn it off to run the GPU path on a CPU). ``owned``: the cache layers a pipeline stage
+    fills (its own blocks): past and context are read from those, never from another stage's empty ones. ``close()`` takes the wrappers off the caches.
     """
 
-    def __init__(self, generative: bool, read_host_scalars: bool = True):
+    def __init__(self, generative: bool, read_host_scalars: bool = True, owned: Any = None):
         self.generative = generative
         self.read_host_scalars = read_host_scalars
+        # A pipeline stage: the cache layers it fills (its own blocks); None: every layer.
+        self.owned = frozenset(owned) if owned is not None else None
         self._infos: dict[int, _CacheInfo] = {}
         self._last: _CacheInfo | None = None
 
@@ -294,7 +306,7 @@ class StepRule:
                 if held is not None and held.ref is ref:
                     del infos[_key]
 
-            info = self._infos[key] = _CacheInfo(cache, weakref.ref(cache, forget))
+            info = self._infos[key] = _CacheInfo(cache, weakref.ref(cache, forget), self.owned)
         self._last = info
         return info
 

@@ -1,5 +1,11 @@
 """Work coefficients read from a model's modules (torch): the other half of ``work.py``, which applies
 them to steps with numpy only. Formulas and columns: see ``work.py``.
+
+Sharded models: the coefficients are this rank's work, from the local shard shapes. A tensor-parallel
+weight is a DTensor (its ``shape`` is the whole weight, ``to_local()`` this rank's part): Linear
+FLOPs and weight bytes come from the local weight, attention's from the local share of the heads
+(the ratio of a column-sharded projection's local to global rows), so at tp=2 each rank does about
+half the unsharded work. Offloaded weights (on ``meta`` between calls) count by their shape.
 """
 
 from __future__ import annotations
@@ -16,8 +22,27 @@ from llm_moments.engine.core.work import COLUMNS, FORMULA, LayerWork
 _NORM_FLOPS_PER_ELEMENT = 5  # mean, variance, normalize, scale, shift: an estimate, as is usual
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor parameter; a plain tensor is its own."""
+    to_local = getattr(t, "to_local", None)
+    if callable(to_local) and hasattr(t, "placements"):
+        try:
+            return to_local()
+        except Exception:
+            return t
+    return t
+
+
+def _is_sharded(t: Any) -> bool:
+    return t is not None and hasattr(t, "placements") and callable(getattr(t, "to_local", None))
+
+
 def _linear_shape(mod: nn.Module) -> tuple[int, int] | None:
     if isinstance(mod, nn.Linear):
+        w = getattr(mod, "weight", None)
+        if _is_sharded(w) and w.dim() == 2:
+            out_f, in_f = _local(w).shape  # this rank's rows (column-wise) or columns (row-wise)
+            return int(in_f), int(out_f)
         return mod.in_features, mod.out_features
     # transformers' Conv1D (GPT-2) is a Linear with the weight transposed: weight [in, out]
     if type(mod).__name__ == "Conv1D" and hasattr(mod, "weight") and mod.weight.dim() == 2:
@@ -26,7 +51,18 @@ def _linear_shape(mod: nn.Module) -> tuple[int, int] | None:
 
 
 def _param_bytes(mod: nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in mod.parameters(recurse=False))
+    return sum(_local(p).numel() * p.element_size() for p in mod.parameters(recurse=False))
+
+
+def _head_share(mod: nn.Module) -> float:
+    """Share of an attention module's heads this rank computes: 1 unless its projections are sharded."""
+    for sub in mod.modules():
+        w = getattr(sub, "weight", None) if isinstance(sub, nn.Linear) else None
+        if _is_sharded(w) and w.dim() == 2:
+            local, whole = _local(w).shape[0], w.shape[0]
+            if local != whole and whole:  # column-sharded (q/k/v): a slice of the heads
+                return float(local) / float(whole)
+    return 1.0
 
 
 def _attention_shape(mod: nn.Module, config: Any) -> tuple[int, int] | None:
@@ -64,15 +100,16 @@ def module_work(module: nn.Module, config: Any = None, act_bytes: int = 4,
         elif isinstance(mod, nn.Embedding):
             work.c += 2 * mod.embedding_dim * act_bytes  # a gathered row in, the same row out
         elif "Norm" in type(mod).__name__ and getattr(mod, "weight", None) is not None:
-            dim = mod.weight.numel()
+            dim = _local(mod.weight).numel()
             work.a += _NORM_FLOPS_PER_ELEMENT * dim
             work.w += _param_bytes(mod)
             work.c += 2 * dim * act_bytes
         attn = _attention_shape(mod, config) if id(mod) in inner else None
         if attn is not None:
             hidden, kv_width = attn
-            work.b += 4.0 * hidden
-            work.d += 2.0 * kv_width * act_bytes
+            share = _head_share(mod)
+            work.b += 4.0 * hidden * share
+            work.d += 2.0 * kv_width * act_bytes * share
     return work
 
 

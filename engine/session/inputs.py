@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from llm_moments.engine.errors import MomentsError
 
@@ -30,29 +30,56 @@ SAMPLE_TEXTS = [
 ]
 
 
+INPUTS_CAP = 64 << 20  # bytes of inputs read at most (file or stdin): they are all held in memory
+
+
 def read_texts(source: str | None) -> list[str]:
-    """Texts from ``source``: None → built-in samples, "-" → stdin, else a file path."""
+    """Texts from ``source``: None → built-in samples, "-" → stdin, else a file path.
+
+    A file must be a regular file (a device such as /dev/zero, a FIFO or a socket is refused before
+    anything is read, and the open never waits); a file or stdin larger than ``INPUTS_CAP`` is refused."""
+    from llm_moments.engine.core import files
+
     if source is None:
         return list(SAMPLE_TEXTS)
+    cap = files.human_bytes(INPUTS_CAP)
+    if not str(source).strip():
+        raise MomentsError("--inputs is empty: give a file (one text per line, or JSON Lines), or - for stdin")
     if source == "-":
-        lines = sys.stdin.read().splitlines()
         where = "stdin"
+        stream = getattr(sys.stdin, "buffer", None)
+        try:
+            data = files.read_stream(stream, INPUTS_CAP) if stream is not None else \
+                sys.stdin.read(INPUTS_CAP + 1).encode("utf-8")
+        except files.TooLarge:
+            raise MomentsError(f"inputs from stdin are larger than {cap}") from None
+        if len(data) > INPUTS_CAP:
+            raise MomentsError(f"inputs from stdin are larger than {cap}")
     else:
         path = Path(source).expanduser()
         where = str(path)
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
+            data = files.read_regular(path, INPUTS_CAP)
         except FileNotFoundError:
             raise MomentsError(f"inputs file {path} does not exist") from None
         except IsADirectoryError:
             raise MomentsError(f"inputs file {path} is a directory") from None
-        except UnicodeDecodeError:
-            raise MomentsError(f"inputs file {path} is not UTF-8 text") from None
+        except files.NotRegular:
+            raise MomentsError(f"inputs file {path} is not a regular file (a device, pipe or socket is not "
+                               "read; give a file, or - for stdin)") from None
+        except files.TooLarge:
+            raise MomentsError(f"inputs file {path} is larger than {cap}") from None
         except OSError as exc:
             raise MomentsError(f"cannot read inputs file {path}: {exc.strerror or exc}") from None
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        what = "inputs from stdin are" if source == "-" else f"inputs file {where} is"
+        raise MomentsError(f"{what} not UTF-8 text") from None
     texts = _parse(lines, where)
     if not texts:
-        raise MomentsError(f"inputs from {where} are empty: give one text per line, or JSON Lines with a \"text\" field")
+        raise MomentsError(f"inputs from {where} are empty: give one text per line, "
+                           "or JSON Lines with a \"text\" field")
     return texts
 
 

@@ -34,6 +34,7 @@ class LoadedModel:
     dtype: torch.dtype
     generative: bool                   # decoder run with generate(): prefill + decode steps
     info: dict[str, Any] = field(default_factory=dict)  # the header's "model" object
+    positions: int | None = None       # the model's position limit (prompt + new tokens), if its config says
 
 
 def minilm_dir() -> Path:
@@ -89,6 +90,60 @@ def _is_generative(model: torch.nn.Module) -> bool:
         return False
 
 
+PRESET_POSITIONS = 1024  # the decoder presets' position limit (n_positions / max_position_embeddings)
+CONFIG_CAP = 4 << 20     # a config.json larger than this is not one
+_POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
+
+
+def _config_positions(config: dict[str, Any]) -> int | None:
+    for where in (config, config.get("text_config"), config.get("decoder")):
+        if isinstance(where, dict):
+            for key in _POSITION_KEYS:
+                value = where.get(key)
+                if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                    return value
+    return None
+
+
+def _read_config(path: str | os.PathLike) -> dict[str, Any] | None:
+    import json
+
+    from llm_moments.engine.core.files import read_regular
+
+    try:
+        data = json.loads(read_regular(path, CONFIG_CAP))
+    except (OSError, ValueError):
+        return None  # the loader says what is wrong with it
+    return data if isinstance(data, dict) else None
+
+
+def position_limit(spec: str) -> tuple[int | None, bool | None]:
+    """(positions the model holds, whether it generates) from its config, without loading weights or
+    importing transformers; (None, None) where the config does not say. A preset's are known; a
+    directory's or a cached Hub id's come from its config.json (``max_position_embeddings``,
+    ``n_positions``, ...; generative: an architecture named ``*CausalLM`` / ``*LMHead*``, the same
+    rule as the loader)."""
+    if spec in PRESETS:
+        if spec == "minilm":
+            config = _read_config(minilm_dir() / "config.json") or {}
+            return _config_positions(config), False
+        return PRESET_POSITIONS, True
+    path = Path(spec).expanduser()
+    if path.exists():
+        config = _read_config(path / "config.json")
+    elif re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(spec, "config.json")
+        config = _read_config(found) if isinstance(found, str) else None
+    else:
+        config = None
+    if config is None:
+        return None, None
+    archs = " ".join(a for a in config.get("architectures") or [] if isinstance(a, str))
+    return _config_positions(config), ("CausalLM" in archs or "LMHead" in archs)
+
+
 def _build_preset(name: str) -> tuple[torch.nn.Module, Any, bool, str]:
     from transformers import AutoModel, AutoTokenizer
 
@@ -103,11 +158,11 @@ def _build_preset(name: str) -> tuple[torch.nn.Module, Any, bool, str]:
     if PRESETS[name]["arch"] == "gpt2":
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        model = GPT2LMHeadModel(GPT2Config(n_positions=1024, **spec, **ids))
+        model = GPT2LMHeadModel(GPT2Config(n_positions=PRESET_POSITIONS, **spec, **ids))
     else:
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        model = LlamaForCausalLM(LlamaConfig(max_position_embeddings=1024, **spec, **ids))
+        model = LlamaForCausalLM(LlamaConfig(max_position_embeddings=PRESET_POSITIONS, **spec, **ids))
     return model, tokenizer, True, name
 
 
@@ -209,7 +264,8 @@ def load_model(spec: str = "minilm", device: str = "auto", dtype: str = "auto",
         "random_weights": random_weights,
         "generative": generative,
     }
-    return LoadedModel(model, tokenizer, dev, dt, generative, info)
+    positions = _config_positions(config.to_dict()) if hasattr(config, "to_dict") else None
+    return LoadedModel(model, tokenizer, dev, dt, generative, info, positions)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -13,27 +13,29 @@ waits for the worker, the disk or a UI.
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import dataclass
 import os
 import platform
 import queue
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from llm_moments.engine import __version__
-from llm_moments.engine.errors import MomentsError
-from llm_moments.engine.core.hooks import StepHooks, find_layers
-from llm_moments.engine.core.recording import SCHEMA, Recorder, RecordingLost
-from llm_moments.engine.core.sampler import Sampler, make_clock_source
 from llm_moments.engine.analysis.stats import RollingStats, Summary
+from llm_moments.engine.core import dist as _dist
+from llm_moments.engine.core.hooks import Layer, StepHooks, find_layers
+from llm_moments.engine.core.recording import SCHEMA, Recorder, RecordingLost, rank_record_path
 from llm_moments.engine.core.roof import machine_roof
+from llm_moments.engine.core.sampler import Sampler, make_clock_source
+from llm_moments.engine.core.steps import HeadProbe, StepRule, add_work_inputs, layer_roles
 from llm_moments.engine.core.timing import make_timer
-from llm_moments.engine.core.steps import HeadProbe, StepRule, add_work_inputs
 from llm_moments.engine.core.work_model import work_header
+from llm_moments.engine.errors import MomentsError
 from llm_moments.engine.output.text import render_text
 
 Listener = Callable[[dict[str, Any]], None]
@@ -43,8 +45,22 @@ NO_LAYER_TIMING = ("no per-layer timing: steps ran but no layer hook fired "
                    "(CUDA graphs or a compiled model replay skip Python hooks)")
 
 
+MIN_RATE_HZ = 0.1     # one sample every 10 s; lower rates would hold nothing up but the first sample
+MAX_SAMPLE_HZ = 20.0  # NVML serializes calls (design §6)
+MAX_UTIL_HZ = 10.0
+
+
+def _check_rate(name: str, flag: str, value: Any, limit: float) -> None:
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and MIN_RATE_HZ <= value <= limit
+    if not ok:  # NaN fails every comparison
+        raise MomentsError(f"{flag} ({name}) must be from {MIN_RATE_HZ:g} to {limit:g} samples per second, "
+                           f"not {value!r}")
+
+
 def model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
+        if p.device.type == "meta":  # weights offloaded by accelerate: where it computes
+            return _dist.execution_device(model) or torch.device("cpu")
         return p.device
     for b in model.buffers():
         return b.device
@@ -89,6 +105,10 @@ def device_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
+class _PipelineWait(nn.Module):
+    """The module of the synthetic pipeline-wait entry: never called, holds nothing (no work)."""
+
+
 @dataclass
 class SessionSummary(Summary):
     """A session's ``Summary`` that prints as the CLI's table (the header names model and device)."""
@@ -106,31 +126,53 @@ class Monitor:
     ``clock_source``: where the clock for cycles comes from (default: NVML on CUDA, CPU clock on CPU).
     ``listeners``: called on the worker thread with every record (header, step, sample, status,
     text, footer); keep them quick.
+    ``overwrite``: an existing file at ``record`` (or at ``start_recording``'s path) raises
+    MomentsError unless True; then a regular file is replaced (a symlink never is, nor followed).
+    A recording with ``record_text`` (the default) is created 0600, owner only.
     """
 
     def __init__(self, model: nn.Module, *, depth: str = "blocks", record: str | os.PathLike | None = None,
                  clock_source: Any = None, sample_hz: float = 10.0, util_hz: float = 5.0,
                  model_info: dict[str, Any] | None = None, run_info: dict[str, Any] | None = None,
                  record_text: bool = True, window_steps: int = 8192, roof: dict[str, Any] | bool | None = None,
-                 listeners: list[Listener] | tuple[Listener, ...] = ()):
+                 listeners: list[Listener] | tuple[Listener, ...] = (), overwrite: bool = False):
+        # Every argument is checked before anything is built, attached or opened.
+        _check_rate("sample_hz", "--sample-hz", sample_hz, MAX_SAMPLE_HZ)
+        _check_rate("util_hz", "--util-hz", util_hz, MAX_UTIL_HZ)
+        if isinstance(window_steps, bool) or not isinstance(window_steps, int) or window_steps < 1:
+            raise MomentsError(f"window_steps must be a whole number of at least 1, not {window_steps!r}")
+        self.overwrite = bool(overwrite)
         self.model = model
         self.depth = depth
         self.device = model_device(model)
         self.layers = find_layers(model, depth)
+        # Sharded sessions (engine/core/dist.py): one recording per rank, the layout in the header.
+        self.world = _dist.world()
+        self.rank = self.world[0] if self.world else 0
+        self.multi_rank = bool(self.world and self.world[1] > 1)
+        if getattr(model, "_pp_stage", None) is not None:
+            # The pipeline's send / receive / broadcast waits: a top-level row of their own, timed
+            # around the stage's communication (they run at model level, outside every layer).
+            self.layers.append(Layer(_dist.PIPELINE_ENTRY, _PipelineWait(), None, synthetic=True,
+                                     comm="p2p+broadcast"))
+        self.placement = _dist.layer_placement(model, self.layers, self.device)
+        self.engine = _dist.sharding_engine(model, self.world[1] if self.world else 1)
+        # Header layers carry device / present / comm / offload only when the model is split (absent:
+        # the header's device, present, no collective, not offloaded).
+        self.sharded = self.engine is not None or self.multi_rank or not all(l.present for l in self.layers)
+        if record is not None and self.multi_rank:
+            record = rank_record_path(record, self.rank)  # never two writers on one file
         self.model_info = model_info or default_model_info(model)
         self.generative = bool(self.model_info.get("generative"))
         self.run_info = run_info or {}
         self.record_text = record_text
-        self.sample_hz, self.util_hz = sample_hz, util_hz
-        if not (0 < sample_hz <= 20):
-            raise MomentsError(f"--sample-hz must be in (0, 20], not {sample_hz}: NVML serializes calls")
-        if not (0 < util_hz <= 10):
-            raise MomentsError(f"--util-hz must be in (0, 10], not {util_hz}")
+        self.sample_hz, self.util_hz = float(sample_hz), float(util_hz)
         self._clock_source = clock_source
         # roof: a dict (measured by the caller), True (calibrate now, cached per device), or
         # None/False (the cached measurement or datasheet figures if there are any; never a wait).
         self._roof_request = roof
-        self.recorder = Recorder(record) if record is not None else None
+        self.recorder = (Recorder(record, overwrite=self.overwrite, private=record_text)
+                         if record is not None else None)
         self.stats = RollingStats([l.name for l in self.layers], [l.parent for l in self.layers], window_steps)
         self._stats_lock = threading.Lock()
         self._listeners: list[Listener] = list(listeners)
@@ -144,16 +186,21 @@ class Monitor:
         self.footer: dict[str, Any] | None = None
         self.recording_lost: str | None = None  # set when a write error stopped the recording
         self._nested_seen: set[int] = set()  # layers already reported as running inside others
+        self._inst: _dist.Instruments | None = None  # wait timers of a sharded session (start)
 
     # -- life cycle -------------------------------------------------------------------------------
     def add_listener(self, fn: Listener) -> None:
         self._listeners.append(fn)
 
-    def start(self) -> "Monitor":
+    def start(self) -> Monitor:
         if self.started:
             return self
         self.started = True
-        self.t0_ns = time.perf_counter_ns()
+        # t_ns 0 of every record is the perf_counter_ns read together with time_ns here (header
+        # clock_origin): ranks on one host align exactly, across hosts as well as NTP keeps them.
+        self.clock_origin = _dist.clock_origin()
+        self.t0_ns = self.clock_origin["perf_counter_ns"]
+        self.session_id = self._session_id()
         self.timer = make_timer(len(self.layers), self.device)
         source = self._clock_source or make_clock_source(str(self.device))
         self.clock_source = source
@@ -170,12 +217,38 @@ class Monitor:
         self._open_step: tuple | None = None
         # Step kind, past and attended keys from the cache's python state; head positions from shapes
         # (engine/core/steps.py). No tensor is read on the hot path.
-        self._step_rule = StepRule(self.generative)
+        self._step_rule = StepRule(self.generative, owned=self._owned_cache_layers())
         self._head_probe = HeadProbe(self.model, self.layers)
         self.hooks = StepHooks(self.model, self.layers, self.timer, self._on_step_begin, self._on_step_end)
         self.hooks.attach()
         self._head_probe.attach()
+        # Waits inside collectives, pipeline communication and weight loads (engine/core/dist.py)
+        self._inst: _dist.Instruments | None = None
+        try:
+            inst = _dist.Instruments(self.model, self.layers, self.hooks._stack, self.timer, self.device)
+            if inst.comm is not None or inst.load is not None or inst.pipeline_entry is not None:
+                self._inst = inst
+        except Exception as exc:  # a bonus: never a reason to fail a session
+            self._status(f"no collective / weight-load timing: {type(exc).__name__}: {exc}")
         return self
+
+    def _owned_cache_layers(self) -> list[int] | None:
+        """The cache layers this pipeline stage fills (its present blocks); None when it owns all."""
+        if all(l.present for l in self.layers):
+            return None
+        _, _, cache_layer = layer_roles(self.model, self.layers)
+        return sorted({c for l, c in zip(self.layers, cache_layer) if c >= 0 and l.present and l.parent is None})
+
+    def _session_id(self) -> str:
+        """One id for every rank of the world, exchanged once here (never on the hot path)."""
+        try:
+            return _dist.shared_session_id()
+        except Exception as exc:
+            self._status(f"session id not shared across ranks ({type(exc).__name__}: {exc}); "
+                         "merge this rank's recording by path")
+            import secrets
+
+            return secrets.token_hex(8)
 
     def stop(self, reason: str = "completed", error: str | None = None) -> dict[str, Any]:
         """Remove the hooks, drain the worker, write the footer. Safe to call twice."""
@@ -187,6 +260,8 @@ class Monitor:
             return self.footer or {}
         self.stopped = True
         self.hooks.detach()
+        if self._inst is not None:
+            self._inst.close()
         self._head_probe.detach()
         self._step_rule.close()
         self.sampler.stop()
@@ -204,7 +279,7 @@ class Monitor:
                 close()
         return footer
 
-    def __enter__(self) -> "Monitor":
+    def __enter__(self) -> Monitor:
         return self.start()
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -222,16 +297,21 @@ class Monitor:
         self._open_step = (self.steps_started, kind, batch, seq, past_len, time.perf_counter_ns(), kv, heads)
         self.steps_started += 1
         self.timer.begin_step()
+        if self._inst is not None:
+            self._inst.begin_step()
 
     def _on_step_end(self, aborted: bool = False) -> None:
         pending = self.timer.end_step()
+        waits = self._inst.end_step() if self._inst is not None else None
         self._head_probe.close()
         if aborted:
             self.timer.discard(pending)
+            if waits is not None:
+                self._inst.discard(waits)
             self.steps_started -= 1
             return
         t1 = time.perf_counter_ns()
-        self._queue.put(("step", pending, self._open_step, t1))
+        self._queue.put(("step", pending, self._open_step, t1, waits))
 
     # -- worker thread -----------------------------------------------------------------------------
     # The worker wakes at most this often. Each wake takes the GIL from the inference thread, so
@@ -280,7 +360,7 @@ class Monitor:
         except Exception as exc:  # the worker must outlive a bad step: report, carry on
             self._status(f"monitor error: {type(exc).__name__}: {exc}")
 
-    def _resolve_step(self, pending: Any, opened: tuple, t1_ns: int) -> dict[str, Any]:
+    def _resolve_step(self, pending: Any, opened: tuple, t1_ns: int, waits: Any = None) -> dict[str, Any]:
         index, kind, batch, seq, past_len, t0_abs, kv, heads = opened
         done = self.timer.resolve(pending)
         t0 = t0_abs - self.t0_ns
@@ -322,7 +402,40 @@ class Monitor:
         add_work_inputs(record, kv, heads)  # kv_len, head_tokens (engine/core/steps.py)
         if nested is not None:  # only in steps where some call ran inside a layer that is not its parent
             record["layer_nested_calls"] = list(nested)
+        if waits is not None:
+            self._add_waits(record, waits, done.calls, layer_ms)
         return record
+
+    def _add_waits(self, record: dict[str, Any], waits: tuple, calls: list[int],
+                   layer_ms: list[float | None]) -> None:
+        """``comm_ms[]``, ``load_ms[]``, ``pipeline_ms`` of a step (worker thread). Each entry's own span
+        goes to its ancestors too, so a layer's value is the time inside it; null where the layer did
+        not run, or holds no collective (comm) / no offloaded weights (load) and spent nothing there."""
+        inst = self._inst
+        comm, load, split = waits
+        parents = [l.parent for l in self.layers]
+
+        def per_layer(timer: Any, pending: Any, holds: list[bool]) -> tuple[list[float | None], float]:
+            own, outside = timer.resolve(pending)
+            total = _dist.inclusive(own, parents)
+            return [round(ns / 1e6, 5) if c and (h or ns > 0) else None
+                    for ns, c, h in zip(total, calls, holds)], outside
+
+        pe = inst.pipeline_entry
+        if inst.comm is not None or pe is not None:
+            if inst.comm is not None:
+                values, outside = per_layer(inst.comm, comm, [p["comm"] is not None for p in self.placement])
+                if outside > 0:
+                    record["comm_outside_ms"] = round(outside / 1e6, 5)
+            else:
+                values = [None] * len(self.layers)
+            if pe is not None:  # the pipeline row is all wait: its moment
+                values[pe] = layer_ms[pe]
+                record["pipeline_ms"] = split or {}
+            record["comm_ms"] = values
+        if inst.load is not None:
+            values, outside = per_layer(inst.load, load, [p["offload"] is not None for p in self.placement])
+            record["load_ms"] = values
 
     def _note_nested(self, index: int, nested: list[int]) -> None:
         """Say once per layer that its calls ran inside other layers (their time is in those moments)."""
@@ -356,9 +469,13 @@ class Monitor:
             except Exception:
                 pass  # _emit reports and removes a failing listener on the next record
 
-    def start_recording(self, path: str | os.PathLike) -> str:
-        """Record the rest of a running session to ``path`` (a bad path raises MomentsError now)."""
-        recorder = Recorder(path)
+    def start_recording(self, path: str | os.PathLike, overwrite: bool = False) -> str:
+        """Record the rest of a running session to ``path`` (a bad path raises MomentsError now).
+        An existing file raises MomentsError unless ``overwrite`` (the constructor's setting does not
+        carry over: each new file is asked for on its own)."""
+        if self.multi_rank:
+            path = rank_record_path(path, self.rank)
+        recorder = Recorder(path, overwrite=overwrite, private=self.record_text)
         self._queue.put(("record", recorder))
         return str(recorder.path)
 
@@ -412,7 +529,7 @@ class Monitor:
         return {
             "type": "header", "schema": SCHEMA,
             "tool": {"name": "llm-moments", "version": __version__},
-            "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "started_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             "model": self.model_info,
             "device": device_info(self.device),
             "clock": {"source": getattr(source, "name", "unavailable"), **clock_info},
@@ -425,11 +542,44 @@ class Monitor:
             "sample_hz": self.sample_hz, "util_hz": self.util_hz,
             "record_text": self.record_text,
             "run": self.run_info,
-            "layers": [{"name": l.name, "parent": l.parent, "module": type(l.module).__name__}
-                       for l in self.layers],
+            "layers": self._header_layers(),
             "work": work_header(self.model, self.layers, self.generative),
             "roof": self._roof(),
+            # a record's wall time = clock_origin.time_ns + t_ns (t_ns counts from perf_counter_ns)
+            "clock_origin": dict(self.clock_origin),
+            **self._dist_header(),
         }
+
+    def _header_layers(self) -> list[dict[str, Any]]:
+        out = []
+        for l, place in zip(self.layers, self.placement):
+            entry = {"name": l.name, "parent": l.parent,
+                     "module": "(synthetic)" if l.synthetic else type(l.module).__name__}
+            if self.sharded:
+                entry.update(place)
+            if l.synthetic:
+                entry["synthetic"] = True
+            out.append(entry)
+        return out
+
+    def _dist_header(self) -> dict[str, Any]:
+        """``dist`` under torch.distributed with several ranks; ``sharding`` whenever an engine split the model."""
+        size = self.world[1] if self.world else 1
+        engine = self.engine
+        out: dict[str, Any] = {}
+        if engine is not None:
+            sharding: dict[str, Any] = {"engine": engine}
+            dmap = getattr(self.model, "hf_device_map", None)
+            if isinstance(dmap, dict):
+                sharding["device_map"] = {str(k): str(v) for k, v in dmap.items()}
+            offloaded = sorted({p["offload"] for p in self.placement if p["offload"]})
+            if offloaded:
+                sharding["offload"] = offloaded
+            out["sharding"] = sharding
+        if self.multi_rank:
+            out["dist"] = {**_dist.rank_info(), "layout": _dist.parallel_layout(self.model, self.rank, size),
+                           "engine": engine, "session": self.session_id}
+        return out
 
     def _roof(self) -> dict[str, Any] | None:
         if isinstance(self._roof_request, dict):

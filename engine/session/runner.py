@@ -27,8 +27,11 @@ def run_batch(loaded: LoadedModel, texts: list[str], max_new_tokens: int,
               stop: threading.Event | None = None) -> tuple[list[str] | None, int]:
     """Run one batch; return (generated texts or None, forward steps the model should have taken)."""
     tok = loaded.tokenizer
+    max_length = min(getattr(tok, "model_max_length", 512) or 512, 512)
+    if loaded.generative and getattr(loaded, "positions", None):  # prompt + new tokens share the positions
+        max_length = max(1, min(max_length, loaded.positions - max_new_tokens))
     enc = tok(texts, return_tensors="pt", padding=True, truncation=True,
-              max_length=min(getattr(tok, "model_max_length", 512) or 512, 512)).to(loaded.device)
+              max_length=max_length).to(loaded.device)
     with torch.inference_mode():
         if not loaded.generative:
             loaded.model(**enc)

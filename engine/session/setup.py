@@ -7,36 +7,69 @@ the same way from the same parsed options.
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable, Sequence
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from llm_moments.engine.errors import MomentsError
 
+# Upper bounds of the run options (a value beyond them is a typo, and some would only fail deep inside
+# torch after the model loaded). The lower bounds are in the argument types below.
+MAX_STEPS = 1_000_000_000
+MAX_WARMUP = 10_000
+MAX_BATCH = 4096
+MAX_NEW_TOKENS = 1_000_000   # and below the model's position limit, checked before it loads
+MAX_THREADS = 1024
+MIN_RATE_HZ, MAX_SAMPLE_HZ, MAX_UTIL_HZ = 0.1, 20.0, 10.0
 
-def positive_int(text: str) -> int:
+
+def _whole(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def positive_int(text: str) -> int:
+    value = _whole(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    value = _whole(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
     return value
 
 
+def bounded_int(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``lo`` to ``hi``."""
+    def parse(text: str) -> int:
+        value = _whole(text)
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, not {value}" if lo == 1
+                                             else f"must be {lo} or more, not {value}")
+        if value > hi:
+            raise argparse.ArgumentTypeError(f"must be at most {hi:,}, not {value:,}")
+        return value
+    parse.__name__ = "positive_int" if lo >= 1 else "non_negative_int"  # what it is, for tools that ask
+    return parse
+
+
 def rate_hz(text: str) -> float:
+    """A finite number (the range is checked where the message can name the option: check_run_options)."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    return value
+
+
+def _check_range(flag: str, value: float, lo: float, hi: float, unit: str) -> None:
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise MomentsError(f"{flag} must be from {lo:g} to {hi:g} {unit}, not {value:g}")
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -52,30 +85,39 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="weights' dtype; auto: float32 on CPU, bfloat16 (or float16) on GPU")
     g.add_argument("--trust-remote-code", action="store_true",
                    help="allow a model directory's own Python code to run (off by default)")
-    g.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: torch's)")
+    g.add_argument("--threads", type=bounded_int(1, MAX_THREADS), default=None,
+                   help="CPU threads for torch (default: torch's)")
     g = p.add_argument_group("inputs")
     g.add_argument("--inputs", default=None, metavar="FILE",
                    help="one text per line, or JSON Lines with a \"text\" field; - for stdin. "
                         "Default: built-in sample texts, looped")
-    g.add_argument("--batch-size", type=positive_int, default=1, help="texts per step (default 1)")
-    g.add_argument("--max-new-tokens", type=positive_int, default=32,
-                   help="decoders: tokens generated per batch, each a decode step after the prefill (default 32)")
+    g.add_argument("--batch-size", type=bounded_int(1, MAX_BATCH), default=1,
+                   help=f"texts per step, at most {MAX_BATCH} (default 1)")
+    g.add_argument("--max-new-tokens", type=bounded_int(1, MAX_NEW_TOKENS), default=32,
+                   help="decoders: tokens generated per batch, each a decode step after the prefill; the prompt "
+                        "and these must fit the model's position limit (default 32)")
     g = p.add_argument_group("measurement")
     g.add_argument("--depth", default="blocks", choices=["blocks", "sublayers", "leaves"],
                    help="blocks: embeddings, each transformer block, final norm/head (default); "
                         "sublayers: also attention, MLP and norms inside blocks; leaves: every leaf module")
-    g.add_argument("--steps", type=positive_int, default=None,
+    g.add_argument("--steps", type=bounded_int(1, MAX_STEPS), default=None,
                    help="stop after this many steps (a batch is finished first). Headless default 64; "
                         "live: until you quit")
-    g.add_argument("--warmup", type=non_negative_int, default=1,
+    g.add_argument("--warmup", type=bounded_int(0, MAX_WARMUP), default=1,
                    help="batches run before measuring, unhooked (default 1)")
-    g.add_argument("--sample-hz", type=rate_hz, default=10.0, help="clock samples per second, at most 20 (default 10)")
-    g.add_argument("--util-hz", type=rate_hz, default=5.0, help="utilization samples per second, at most 10 (default 5)")
+    g.add_argument("--sample-hz", type=rate_hz, default=10.0,
+                   help="clock samples per second, from 0.1 to 20 (default 10)")
+    g.add_argument("--util-hz", type=rate_hz, default=5.0,
+                   help="utilization samples per second, from 0.1 to 10 (default 5)")
     g.add_argument("--no-calibrate", action="store_true",
                    help="skip the roofline calibration (a matmul and a copy, ~2 s, cached per device)")
     g = p.add_argument_group("recording")
-    g.add_argument("--record", default=None, metavar="FILE", help="write the session to FILE (JSON Lines, moments/1)")
+    g.add_argument("--record", default=None, metavar="FILE",
+                   help="write the session to FILE (JSON Lines, moments/1); a new file, mode 0600 unless "
+                        "--no-text; an existing FILE is an error unless --force")
     g.add_argument("--no-text", action="store_true", help="keep prompts and generated text out of the recording")
+    g.add_argument("--force", action="store_true",
+                   help="replace an existing --record FILE (a regular file only; a symlink is never followed)")
 
 
 def run_options_argv(args: argparse.Namespace) -> list[str]:
@@ -103,18 +145,34 @@ def run_options_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-def prepare_session(args: argparse.Namespace, on_progress: Callable[[str], None] | None = None):
-    """Everything a session needs, checked in the order that fails fastest: record path, inputs, model."""
-    from llm_moments.engine.session.inputs import read_texts
+def check_run_options(args: argparse.Namespace) -> list[str]:
+    """Every check of a run's options that needs no model, in the order that fails fastest; returns
+    the input texts. Each failure is a MomentsError (one line): record path, rates, inputs (read, with
+    a size cap), model spec, device and dtype, and ``--max-new-tokens`` against the model's position
+    limit, read from its config without loading weights."""
     from llm_moments.engine.core.recording import check_record_path
+    from llm_moments.engine.session.inputs import read_texts
 
-    if args.record:
-        check_record_path(args.record)
+    if args.record is not None:
+        check_record_path(args.record, force=getattr(args, "force", False))
+    _check_range("--sample-hz", args.sample_hz, MIN_RATE_HZ, MAX_SAMPLE_HZ, "samples per second")
+    _check_range("--util-hz", args.util_hz, MIN_RATE_HZ, MAX_UTIL_HZ, "samples per second")
+    if args.model is not None and not str(args.model).strip():
+        raise MomentsError("--model is empty: give a preset name, a model directory or an org/name Hub id")
     texts = read_texts(args.inputs)
-    if not (0 < args.sample_hz <= 20):
-        raise MomentsError(f"--sample-hz must be more than 0 and at most 20, not {args.sample_hz}")
-    if not (0 < args.util_hz <= 10):
-        raise MomentsError(f"--util-hz must be more than 0 and at most 10, not {args.util_hz}")
+    from llm_moments.engine.session.models import check_model_spec, position_limit
+
+    check_model_spec(args.model, args.device, args.dtype)
+    limit, generative = position_limit(args.model)
+    if generative and limit is not None and args.max_new_tokens >= limit:
+        raise MomentsError(f"--max-new-tokens {args.max_new_tokens} does not fit: {args.model} holds at most {limit} "
+                           f"positions, prompt included; give at most {limit - 1}")
+    return texts
+
+
+def prepare_session(args: argparse.Namespace, on_progress: Callable[[str], None] | None = None):
+    """Everything a session needs: the cheap checks first (check_run_options), then the model."""
+    texts = check_run_options(args)
     import torch
 
     if args.threads:
@@ -136,7 +194,8 @@ def make_monitor(args: argparse.Namespace, loaded: Any, listeners: Sequence[Call
     return Monitor(loaded.model, depth=args.depth, record=args.record, sample_hz=args.sample_hz,
                    util_hz=args.util_hz, model_info=loaded.info, run_info=run_info,
                    roof=not getattr(args, "no_calibrate", False),
-                   record_text=not args.no_text, listeners=list(listeners))
+                   record_text=not args.no_text, listeners=list(listeners),
+                   overwrite=bool(getattr(args, "force", False)))
 
 
 def warm_up(args: argparse.Namespace, loaded: Any, texts: list[str]) -> None:
