@@ -25,6 +25,7 @@ from torch import nn
 
 from llm_moments import Monitor
 from llm_moments.engine.core import dist as D
+from llm_moments.engine.core import waits as WT
 from llm_moments.engine.core.hooks import NESTED, OUTSIDE, ROOT, find_layers
 from llm_moments.engine.core.recording import load, rank_record_path
 from llm_moments.engine.core.work import header_coeffs, step_work
@@ -229,7 +230,7 @@ def test_pp_send_and_receive_waits_are_a_row_of_their_own(sharded):
     r0, r1 = _ranks(sharded, "pp", "sublayers")
     for recs, expect in ((r0, {"send", "broadcast"}), (r1, {"recv", "broadcast"})):
         h = recs[0]
-        k = _index(h, D.PIPELINE_ENTRY)
+        k = _index(h, WT.PIPELINE_ENTRY)
         entry = h["layers"][k]
         assert entry["parent"] is None and entry["synthetic"] and entry["comm"]
         assert h["work"]["layers"][k][:5] == [0, 0, 0, 0, 0]
@@ -379,7 +380,7 @@ def test_span_timer_counts_to_the_innermost_open_entry_and_its_ancestors(kind):
         made.append(_FakeEvent())
         return made[-1]
 
-    t = D.SpanTimer(4, stack, kind=kind, event_factory=factory, stream_fn=lambda: None)
+    t = WT.SpanTimer(4, stack, kind=kind, event_factory=factory, stream_fn=lambda: None)
 
     def collective(ms):
         if kind == "cuda":
@@ -403,7 +404,7 @@ def test_span_timer_counts_to_the_innermost_open_entry_and_its_ancestors(kind):
         stack.pop()
         stack[:] = [OUTSIDE]
         own, outside = t.resolve(t.end_step())
-        total = D.inclusive(own, [None, 0, 0, None])
+        total = WT.inclusive(own, [None, 0, 0, None])
         ms = [v / 1e6 for v in total]
         tol = 0.01 if kind == "cuda" else 3.0
         assert ms[1] == pytest.approx(4.0, abs=tol)
@@ -431,7 +432,7 @@ def test_instruments_restore_what_they_wrapped():
     model = nn.Sequential(lin, nn.Linear(2, 2))
     layers = find_layers(model)
     stack = [OUTSIDE]
-    inst = D.Instruments(model, layers, stack, timer=None, device=torch.device("cpu"))
+    inst = WT.Instruments(model, layers, stack, timer=None, device=torch.device("cpu"))
     assert inst.load is not None and "pre_forward" in vars(lin._hf_hook)
     inst.close()
     assert "pre_forward" not in vars(lin._hf_hook) and "post_forward" not in vars(lin._hf_hook)

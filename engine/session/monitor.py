@@ -12,9 +12,7 @@ waits for the worker, the disk or a UI.
 
 from __future__ import annotations
 
-import datetime as _dt
 import os
-import platform
 import queue
 import threading
 import time
@@ -25,18 +23,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from llm_moments.engine import __version__
 from llm_moments.engine.analysis.stats import RollingStats, Summary
 from llm_moments.engine.core import dist as _dist
+from llm_moments.engine.core import waits as _waits
 from llm_moments.engine.core.hooks import Layer, StepHooks, find_layers
-from llm_moments.engine.core.recording import SCHEMA, Recorder, RecordingLost, rank_record_path
+from llm_moments.engine.core.recording import Recorder, RecordingLost, rank_record_path
 from llm_moments.engine.core.roof import machine_roof
 from llm_moments.engine.core.sampler import Sampler, make_clock_source
 from llm_moments.engine.core.steps import HeadProbe, StepRule, add_work_inputs, layer_roles
 from llm_moments.engine.core.timing import make_timer
-from llm_moments.engine.core.work_model import work_header
 from llm_moments.engine.errors import MomentsError
 from llm_moments.engine.output.text import render_text
+from llm_moments.engine.session.header import build_header, default_model_info, model_device
 
 Listener = Callable[[dict[str, Any]], None]
 _STOP = object()
@@ -55,54 +53,6 @@ def _check_rate(name: str, flag: str, value: Any, limit: float) -> None:
     if not ok:  # NaN fails every comparison
         raise MomentsError(f"{flag} ({name}) must be from {MIN_RATE_HZ:g} to {limit:g} samples per second, "
                            f"not {value!r}")
-
-
-def model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        if p.device.type == "meta":  # weights offloaded by accelerate: where it computes
-            return _dist.execution_device(model) or torch.device("cpu")
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
-
-
-def default_model_info(model: nn.Module) -> dict[str, Any]:
-    config = getattr(model, "config", None)
-    dtype = next((p.dtype for p in model.parameters()), None)
-    return {
-        "name": getattr(config, "_name_or_path", None) or type(model).__name__,
-        "source": "python",
-        "architecture": type(model).__name__,
-        "model_type": getattr(config, "model_type", None),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "dtype": str(dtype).replace("torch.", "") if dtype is not None else None,
-        "random_weights": None,  # unknown: the caller built the model
-        "generative": _can_generate(model),
-    }
-
-
-def _can_generate(model: nn.Module) -> bool:
-    can = getattr(model, "can_generate", None)
-    try:
-        return bool(can()) if callable(can) else False
-    except Exception:
-        return False
-
-
-def device_info(device: torch.device) -> dict[str, Any]:
-    try:
-        import transformers
-
-        tf_version = transformers.__version__
-    except ImportError:
-        tf_version = None
-    info = {"kind": device.type, "index": device.index, "name": None, "driver": None,
-            "torch": torch.__version__, "transformers": tf_version, "cuda": torch.version.cuda,
-            "host": platform.node(), "python": platform.python_version()}
-    if device.type == "cuda":
-        info["name"] = torch.cuda.get_device_name(device)
-    return info
 
 
 class _PipelineWait(nn.Module):
@@ -153,7 +103,7 @@ class Monitor:
         if getattr(model, "_pp_stage", None) is not None:
             # The pipeline's send / receive / broadcast waits: a top-level row of their own, timed
             # around the stage's communication (they run at model level, outside every layer).
-            self.layers.append(Layer(_dist.PIPELINE_ENTRY, _PipelineWait(), None, synthetic=True,
+            self.layers.append(Layer(_waits.PIPELINE_ENTRY, _PipelineWait(), None, synthetic=True,
                                      comm="p2p+broadcast"))
         self.placement = _dist.layer_placement(model, self.layers, self.device)
         self.engine = _dist.sharding_engine(model, self.world[1] if self.world else 1)
@@ -186,7 +136,7 @@ class Monitor:
         self.footer: dict[str, Any] | None = None
         self.recording_lost: str | None = None  # set when a write error stopped the recording
         self._nested_seen: set[int] = set()  # layers already reported as running inside others
-        self._inst: _dist.Instruments | None = None  # wait timers of a sharded session (start)
+        self._inst: _waits.Instruments | None = None  # wait timers of a sharded session (start)
 
     # -- life cycle -------------------------------------------------------------------------------
     def add_listener(self, fn: Listener) -> None:
@@ -206,7 +156,7 @@ class Monitor:
         self.clock_source = source
         self.sampler = Sampler(source, clock_hz=self.sample_hz, util_hz=self.util_hz,
                                on_sample=self._queue.put, on_status=self._status, t0_ns=self.t0_ns)
-        self.header = self._build_header(source)
+        self.header = build_header(self, source)
         self._queue.put(self.header)
         self._worker = threading.Thread(target=self._work, name="moments-worker", daemon=True)
         self._worker.start()
@@ -223,9 +173,9 @@ class Monitor:
         self.hooks.attach()
         self._head_probe.attach()
         # Waits inside collectives, pipeline communication and weight loads (engine/core/dist.py)
-        self._inst: _dist.Instruments | None = None
+        self._inst: _waits.Instruments | None = None
         try:
-            inst = _dist.Instruments(self.model, self.layers, self.hooks._stack, self.timer, self.device)
+            inst = _waits.Instruments(self.model, self.layers, self.hooks._stack, self.timer, self.device)
             if inst.comm is not None or inst.load is not None or inst.pipeline_entry is not None:
                 self._inst = inst
         except Exception as exc:  # a bonus: never a reason to fail a session
@@ -403,39 +353,9 @@ class Monitor:
         if nested is not None:  # only in steps where some call ran inside a layer that is not its parent
             record["layer_nested_calls"] = list(nested)
         if waits is not None:
-            self._add_waits(record, waits, done.calls, layer_ms)
+            self._inst.add_to_record(record, waits, done.calls, layer_ms, [l.parent for l in self.layers],
+                                     self.placement)
         return record
-
-    def _add_waits(self, record: dict[str, Any], waits: tuple, calls: list[int],
-                   layer_ms: list[float | None]) -> None:
-        """``comm_ms[]``, ``load_ms[]``, ``pipeline_ms`` of a step (worker thread). Each entry's own span
-        goes to its ancestors too, so a layer's value is the time inside it; null where the layer did
-        not run, or holds no collective (comm) / no offloaded weights (load) and spent nothing there."""
-        inst = self._inst
-        comm, load, split = waits
-        parents = [l.parent for l in self.layers]
-
-        def per_layer(timer: Any, pending: Any, holds: list[bool]) -> tuple[list[float | None], float]:
-            own, outside = timer.resolve(pending)
-            total = _dist.inclusive(own, parents)
-            return [round(ns / 1e6, 5) if c and (h or ns > 0) else None
-                    for ns, c, h in zip(total, calls, holds)], outside
-
-        pe = inst.pipeline_entry
-        if inst.comm is not None or pe is not None:
-            if inst.comm is not None:
-                values, outside = per_layer(inst.comm, comm, [p["comm"] is not None for p in self.placement])
-                if outside > 0:
-                    record["comm_outside_ms"] = round(outside / 1e6, 5)
-            else:
-                values = [None] * len(self.layers)
-            if pe is not None:  # the pipeline row is all wait: its moment
-                values[pe] = layer_ms[pe]
-                record["pipeline_ms"] = split or {}
-            record["comm_ms"] = values
-        if inst.load is not None:
-            values, outside = per_layer(inst.load, load, [p["offload"] is not None for p in self.placement])
-            record["load_ms"] = values
 
     def _note_nested(self, index: int, nested: list[int]) -> None:
         """Say once per layer that its calls ran inside other layers (their time is in those moments)."""
@@ -520,66 +440,6 @@ class Monitor:
             self._emit(record)  # said by the worker itself: in order, and before any footer
         else:
             self._queue.put(record)
-
-    def _build_header(self, source: Any) -> dict[str, Any]:
-        try:
-            clock_info = source.info() or {}
-        except Exception:
-            clock_info = {}
-        return {
-            "type": "header", "schema": SCHEMA,
-            "tool": {"name": "llm-moments", "version": __version__},
-            "started_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "model": self.model_info,
-            "device": device_info(self.device),
-            "clock": {"source": getattr(source, "name", "unavailable"), **clock_info},
-            "timer": "cuda-events" if self.timer.kind == "cuda" else "perf_counter",
-            "depth": self.depth,
-            # How calls become moments (hooks.py): each call counts to the entry whose parent is the
-            # innermost open entry; other calls are nested (layer_nested_calls), their time in the
-            # enclosing layer's moment. Top-level moments never overlap; Σ children ≤ parent.
-            "attribution": "enclosing",
-            "sample_hz": self.sample_hz, "util_hz": self.util_hz,
-            "record_text": self.record_text,
-            "run": self.run_info,
-            "layers": self._header_layers(),
-            "work": work_header(self.model, self.layers, self.generative),
-            "roof": self._roof(),
-            # a record's wall time = clock_origin.time_ns + t_ns (t_ns counts from perf_counter_ns)
-            "clock_origin": dict(self.clock_origin),
-            **self._dist_header(),
-        }
-
-    def _header_layers(self) -> list[dict[str, Any]]:
-        out = []
-        for l, place in zip(self.layers, self.placement):
-            entry = {"name": l.name, "parent": l.parent,
-                     "module": "(synthetic)" if l.synthetic else type(l.module).__name__}
-            if self.sharded:
-                entry.update(place)
-            if l.synthetic:
-                entry["synthetic"] = True
-            out.append(entry)
-        return out
-
-    def _dist_header(self) -> dict[str, Any]:
-        """``dist`` under torch.distributed with several ranks; ``sharding`` whenever an engine split the model."""
-        size = self.world[1] if self.world else 1
-        engine = self.engine
-        out: dict[str, Any] = {}
-        if engine is not None:
-            sharding: dict[str, Any] = {"engine": engine}
-            dmap = getattr(self.model, "hf_device_map", None)
-            if isinstance(dmap, dict):
-                sharding["device_map"] = {str(k): str(v) for k, v in dmap.items()}
-            offloaded = sorted({p["offload"] for p in self.placement if p["offload"]})
-            if offloaded:
-                sharding["offload"] = offloaded
-            out["sharding"] = sharding
-        if self.multi_rank:
-            out["dist"] = {**_dist.rank_info(), "layout": _dist.parallel_layout(self.model, self.rank, size),
-                           "engine": engine, "session": self.session_id}
-        return out
 
     def _roof(self) -> dict[str, Any] | None:
         if isinstance(self._roof_request, dict):
