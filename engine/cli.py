@@ -91,6 +91,9 @@ def build_parser(prog: str = "moments", headless_only: bool = True) -> tuple[arg
                           "file: an existing one only with --force")
     exp.add_argument("--force", action="store_true",
                      help="replace an existing OUT (a regular file only; a symlink is never followed)")
+    exp.add_argument("--split-ranks", action="store_true",
+                     help="a multi-rank session: one output per rank (OUT with .rank{R} before its suffix; a "
+                          "chrome trace per rank is Holistic Trace Analysis's layout) instead of one merged file")
     return parser, sub
 
 
@@ -192,6 +195,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if args.output is not None:  # before the recording is read: a bad OUT costs nothing
         _check_output(args.output, args.force)
+    rs = _rank_set(args.file)
+    if rs is not None:
+        return _report_ranks(args, rs)
     data = analyze(args.file)   # one streaming pass: memory does not grow with the recording
     rec = data.rec
     _warn(args.file, rec.warnings)
@@ -214,6 +220,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
     from llm_moments.engine.analysis.scan import scan
 
+    rsa, rsb = _rank_set(args.a), _rank_set(args.b)
+    if rsa is not None or rsb is not None:
+        return _diff_ranks(args, rsa, rsb)
     a, b = scan(args.a), scan(args.b)   # streamed: memory does not grow with the recordings
     diff = compare(a, b, kind=args.kind, normalize_clock=args.normalize_clock)
     _warn(args.a, a.warnings)
@@ -230,6 +239,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from llm_moments.engine.output.sanitize import visible
 
     suffix = {"chrome": ".trace.json", "csv": ".csv", "json": ".json"}[args.format]
+    rs = _rank_set(args.file)
+    if rs is not None:
+        return _export_ranks(args, rs, suffix)
     output = args.output if args.output is not None else str(Path(args.file).with_suffix("")) + suffix
     path = None if output == "-" else _check_output(output, args.force)  # before any work
     sc = scan(args.file)   # streamed out record by record: memory does not grow with the recording
@@ -243,6 +255,101 @@ def cmd_export(args: argparse.Namespace) -> int:
         write_export(sc, args.format, fh)
     _warn(args.file, sc.warnings)
     print(f"wrote {visible(path)}", file=sys.stderr)
+    return 0
+
+
+# -- multi-rank sessions (design §10): FILE is the base name (run.jsonl) or any rank's file -------------
+
+
+def _rank_set(path: str) -> Any:
+    """The rank set ``path`` names (engine/core/rankfiles.py), its missing-rank warning printed once;
+    None for a plain recording."""
+    from llm_moments.engine.core.rankfiles import find_ranks
+
+    rs = find_ranks(path)
+    if rs is not None:
+        _warn(path, rs.warnings)
+    return rs
+
+
+def _warn_files(pairs: list[tuple[str, str]]) -> None:
+    from llm_moments.engine.output.sanitize import visible
+
+    for path, warning in pairs:
+        print(visible(f"moments: warning: {path}: {warning}"), file=sys.stderr)
+
+
+def _report_ranks(args: argparse.Namespace, rs: Any) -> int:
+    """The report of the lowest rank's file with the merged per-rank section; every rank file read once."""
+    from llm_moments.engine.analysis.ranks import RankScan
+    from llm_moments.engine.analysis.report import analyze
+    from llm_moments.engine.output import ranks as out_ranks
+    from llm_moments.engine.output.text import render_json, render_text
+
+    sc = RankScan(rs)
+    data = analyze(sc)
+    ra = sc.result()
+    primary = str(rs.files[rs.primary])
+    _warn(primary, data.rec.warnings)
+    _warn(args.file, ra.warnings[len(rs.warnings):])
+    if args.format == "html":
+        from llm_moments.engine.output.html import render_html
+
+        out = render_html(data.rec, data, ra)
+    elif args.format == "md":
+        from llm_moments.engine.output.markdown import render_markdown
+
+        out = render_markdown(data.rec, data, ra)
+    elif args.format == "json":
+        out = out_ranks.report_json(render_json(data.summary, data.rec.header, outliers=data.outliers), ra)
+    else:
+        out = (render_text(data.summary, data.rec.header, outliers=(data.outliers, data.outliers_total))
+               + "\n" + out_ranks.render_text_section(ra))
+    _write_out(out, getattr(args, "output", None), getattr(args, "force", False), primary)
+    return 0
+
+
+def _diff_ranks(args: argparse.Namespace, rsa: Any, rsb: Any) -> int:
+    from llm_moments.engine.analysis.ranks import diff_ranks
+    from llm_moments.engine.output.ranks import render_rank_diff
+
+    d = diff_ranks(rsa if rsa is not None else args.a, rsb if rsb is not None else args.b, kind=args.kind,
+                   normalize_clock=args.normalize_clock)
+    _warn_files(d.warnings)
+    sys.stdout.write(render_rank_diff(d, args.a, args.b, args.format))
+    return 0
+
+
+def _export_ranks(args: argparse.Namespace, rs: Any, suffix: str) -> int:
+    """A rank set's export: one merged file (a process / ``rank`` column / section per rank) or, with
+    --split-ranks, one file per rank."""
+    from pathlib import Path
+
+    from llm_moments.engine.output import ranks as out_ranks
+    from llm_moments.engine.output.sanitize import visible
+
+    output = args.output if args.output is not None else str(rs.base.with_suffix("")) + suffix
+    warnings: list[tuple[str, str]] = []
+    source = str(rs.files[rs.primary])
+    if args.split_ranks:
+        if output == "-":
+            raise MomentsError("--split-ranks writes one file per rank: give -o OUT, not -")
+        outs = {r: _check_output(out_ranks.split_name(output, r, suffix), args.force) for r in rs.ranks}
+        for r, path in outs.items():
+            with _open_output(path, args.force, str(rs.files[r])) as fh:
+                out_ranks.write_split(rs, args.format, r, fh, warnings)
+            print(f"wrote {visible(path)}", file=sys.stderr)
+        _warn_files(warnings)
+        return 0
+    if output == "-":
+        out_ranks.write_rank_export(rs, args.format, sys.stdout, warnings)
+        _warn_files(warnings)
+        return 0
+    path = _check_output(output, args.force)
+    with _open_output(path, args.force, source) as fh:
+        out_ranks.write_rank_export(rs, args.format, fh, warnings)
+    _warn_files(warnings)
+    print(f"wrote {visible(Path(path))}", file=sys.stderr)
     return 0
 
 

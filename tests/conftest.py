@@ -203,3 +203,37 @@ def run_cli(*args: str, timeout: float = 180, env: dict[str, str] | None = None,
 def popen_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | str | None = None) -> subprocess.Popen:
     return subprocess.Popen(cli_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env or cli_env(), cwd=cwd or ROOT, preexec_fn=_default_sigint)
+
+
+# -- sharded sessions ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def sharded(tmp_path_factory):
+    """Two gloo ranks run once for the whole suite (tests/dist_worker.py: tensor parallel with a 20 ms
+    straggler on rank 1, then pipeline parallel); the sharded-session tests read what they recorded:
+    {"dir": out, "model": model dir}."""
+    import importlib.util
+    import time
+
+    import dist_worker as W
+    import torch.multiprocessing as mp
+
+    if importlib.util.find_spec("accelerate") is None or not torch.distributed.is_gloo_available():
+        pytest.skip("needs accelerate and gloo")
+
+    out = tmp_path_factory.mktemp("ranks")
+    model_dir = W.save_tiny_llama(out / "model")
+    ctx = mp.spawn(W.main, args=(2, str(out / "store"), model_dir, str(out), ("tp", "pp")), nprocs=2, join=False)
+    deadline = time.monotonic() + 240
+    try:
+        while not ctx.join(timeout=1.0):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the two ranks did not finish in {240} s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()  # only our own children, by handle
+    errors = sorted(out.glob("error.rank*.txt"))
+    assert not errors, errors[0].read_text()
+    return {"dir": out, "model": model_dir}

@@ -37,9 +37,6 @@ needs_ranks = pytest.mark.skipif(not (HAS_ACCELERATE and HAS_GLOO),
                                         "tp / pp / device_map model) and torch.distributed with gloo")
 needs_accelerate = pytest.mark.skipif(not HAS_ACCELERATE, reason="device_map offload needs accelerate")
 
-SPAWN_TIMEOUT_S = 240
-
-
 def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -50,30 +47,6 @@ def _steps(recs: list[dict]) -> list[dict]:
 
 def _index(header: dict, name: str) -> int:
     return [l["name"] for l in header["layers"]].index(name)
-
-
-@pytest.fixture(scope="module")
-def sharded(tmp_path_factory):
-    """Both scenarios on two ranks, once: {"dir": out, "model": model dir}."""
-    if not (HAS_ACCELERATE and HAS_GLOO):
-        pytest.skip("needs accelerate and gloo")
-    import torch.multiprocessing as mp
-
-    out = tmp_path_factory.mktemp("ranks")
-    model_dir = W.save_tiny_llama(out / "model")
-    ctx = mp.spawn(W.main, args=(2, str(out / "store"), model_dir, str(out), ("tp", "pp")), nprocs=2, join=False)
-    deadline = time.monotonic() + SPAWN_TIMEOUT_S
-    try:
-        while not ctx.join(timeout=1.0):
-            if time.monotonic() > deadline:
-                pytest.fail(f"the two ranks did not finish in {SPAWN_TIMEOUT_S} s")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()  # only our own children, by handle
-    errors = sorted(out.glob("error.rank*.txt"))
-    assert not errors, errors[0].read_text()
-    return {"dir": out, "model": model_dir}
 
 
 def _ranks(sharded, sub: str, stem: str) -> tuple[list[dict], list[dict]]:

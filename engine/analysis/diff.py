@@ -194,6 +194,12 @@ def compare(a: Any, b: Any, kind: str | None = None, seed: int = 0,
         if not ref:
             raise MomentsError("--normalize-clock: neither recording knows a reference clock")
     A, B = _fold(sa, ref, reservoir, seed + 1), _fold(sb, ref, reservoir, seed + 2)
+    return compare_sides(A, B, kind, seed)
+
+
+def compare_sides(A: _Side, B: _Side, kind: str | None = None, seed: int = 0) -> Diff:
+    """The comparison of two folded sides (``_fold``, or ``_Side.add`` chunk by chunk: analysis/ranks.py
+    folds each rank and the merged view of a rank set in one pass)."""
     kind = _kind(A, B, kind)
     rng = np.random.default_rng(seed)
     names_a, names_b = A.names, B.names

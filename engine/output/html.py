@@ -37,8 +37,9 @@ def _template() -> jinja2.Template:
     return env.get_template("report.html.j2")
 
 
-def context(d: ReportData) -> dict[str, Any]:
-    """What the template shows, as plain values (the template escapes them)."""
+def context(d: ReportData, ranks: Any = None) -> dict[str, Any]:
+    """What the template shows, as plain values (the template escapes them); ``ranks``: the per-rank
+    section of a multi-rank session (output/ranks.py)."""
     from llm_moments.engine import __version__
 
     name, desc, random = rr.model_bits(d)
@@ -67,9 +68,18 @@ def context(d: ReportData) -> dict[str, Any]:
         "outliers": {"intro": rr.outlier_intro(d), "head": rr.OUTLIER_HEAD,
                      "rows": [{"sub": False, "cells": r} for r in rr.outlier_rows(d)]},
         "warnings": d.warnings, "version": __version__, "schema": d.header.get("schema"),
+        "ranks": _ranks_context(ranks),
     }
 
 
-def render_html(rec: Any, data: ReportData | None = None) -> str:
+def _ranks_context(ranks: Any) -> dict[str, Any] | None:
+    if ranks is None:
+        return None
+    from llm_moments.engine.output.ranks import html_context
+
+    return html_context(ranks)
+
+
+def render_html(rec: Any, data: ReportData | None = None, ranks: Any = None) -> str:
     """The recording as one self-contained HTML page (inline CSS and SVG, nothing fetched)."""
-    return _template().render(**context(data or analyze(rec))).rstrip() + "\n"
+    return _template().render(**context(data or analyze(rec), ranks)).rstrip() + "\n"

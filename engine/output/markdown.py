@@ -4,7 +4,7 @@ per-layer table with the work columns, step times by kind, coverage, the outlier
 from __future__ import annotations
 
 import re
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from llm_moments.engine.analysis.report import ReportData, analyze
 from llm_moments.engine.output import report_rows as rr
@@ -54,8 +54,9 @@ def _outliers(d: ReportData) -> list[str]:
     return lines
 
 
-def render_markdown(rec, data: ReportData | None = None) -> str:
-    """The recording as a Markdown document (GitHub-flavoured tables)."""
+def render_markdown(rec, data: ReportData | None = None, ranks: Any = None) -> str:
+    """The recording as a Markdown document (GitHub-flavoured tables); ``ranks`` (analysis/ranks.py's
+    RankAnalysis of a multi-rank session) adds its per-rank section before the warnings."""
     d = data or analyze(rec)
     name, desc, random = rr.model_bits(d)
     out = [f"# moments report: {md_cell(name)}", "",
@@ -78,6 +79,10 @@ def render_markdown(rec, data: ReportData | None = None) -> str:
             else ["No steps recorded."])
     out += ["", md_text(rr.coverage_text(d)), "", "## Outlier moments", ""]
     out += _outliers(d)
+    if ranks is not None:
+        from llm_moments.engine.output.ranks import markdown_section
+
+        out += [""] + markdown_section(ranks)
     out += ["", "## Warnings", ""]
     out += [f"- {md_cell(w)}" for w in d.warnings] or ["None."]
     return "\n".join(out).rstrip() + "\n"
