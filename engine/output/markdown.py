@@ -3,38 +3,12 @@ per-layer table with the work columns, step times by kind, coverage, the outlier
 
 from __future__ import annotations
 
-import re
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from llm_moments.engine.analysis.report import ReportData, analyze
 from llm_moments.engine.output import report_rows as rr
-from llm_moments.engine.output.sanitize import visible
-
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]|~#!])")
-_HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
-
-
-def md_text(text: object) -> str:
-    """Any text from the recording as Markdown that shows it literally: control and format characters
-    made visible (sanitize.py), ``& < >`` as HTML entities (no raw HTML: an injected ``<script>`` stays
-    text), and the characters that start emphasis, code, links, strikethrough, headings, images and
-    table cells (``\\ ` * _ [ ] ~ # ! |``) backslash-escaped. One line (newlines shown as ``\\n``)."""
-    t = _MD_SPECIAL.sub(r"\\\1", visible(text))
-    return re.sub(r"[&<>]", lambda m: _HTML[m.group()], t)
-
-
-md_cell = md_text  # a table cell: the same rule ('|' is escaped)
-
-
-def md_code(text: object, in_table: bool = True) -> str:
-    """A name as inline code: Markdown shows a code span as is (``<`` included, no HTML); control
-    characters made visible, the fence longer than any run of backticks inside, ``|`` escaped in a table."""
-    t = visible(text)
-    if in_table:
-        t = t.replace("|", "\\|")
-    fence = "`" * (max((len(r) for r in re.findall("`+", t)), default=0) + 1)
-    pad = " " if t[:1] in ("`", " ") or t[-1:] in ("`", " ") else ""
-    return f"{fence}{pad}{t}{pad}{fence}"
+from llm_moments.engine.output.sanitize import md_cell, md_code, md_text
 
 
 def md_table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:

@@ -144,7 +144,7 @@ def render_text_section(ra: RankAnalysis) -> str:
 
 
 def markdown_section(ra: RankAnalysis) -> list[str]:
-    from llm_moments.engine.output.markdown import md_cell, md_code, md_text
+    from llm_moments.engine.output.sanitize import md_cell, md_code, md_text
 
     def table(head: list[str], rows: list[list[str]]) -> list[str]:
         return (["| " + " | ".join(md_cell(h) for h in head) + " |",
@@ -346,7 +346,7 @@ def render_rank_diff(d: RankDiff, name_a: str, name_b: str, fmt: str = "text") -
             notes.append(f"ranks only in {side}: {', '.join(map(str, only))} (no pair to compare)")
     if notes:
         if md:
-            from llm_moments.engine.output.markdown import md_text
+            from llm_moments.engine.output.sanitize import md_text
 
             parts.append("\n".join(f"- {md_text(n)}" for n in notes) + "\n")
         else:

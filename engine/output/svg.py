@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import html
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -153,8 +154,8 @@ def svg_histogram(d: ReportData) -> str:
     ymax = yticks[-1] if yticks[-1] >= stacked.max() else yticks[-1] + (yticks[-1] - yticks[-2])
     yticks = _nice_ticks(0, ymax, 4)
     ml, mr, mt, mb, pw, ph = 60, 16, 26, 40, 620, 200
-    x_of = lambda v: ml + (v - lo) / (top_edge - lo) * pw  # noqa: E731
-    y_of = lambda c: mt + ph - c / ymax * ph  # noqa: E731
+    x_of = lambda v: ml + (v - lo) / (top_edge - lo) * pw
+    y_of = lambda c: mt + ph - c / ymax * ph
     body = []
     for t in yticks:
         if t == int(t):
@@ -279,8 +280,8 @@ def svg_roofline(d: ReportData) -> tuple[str, list[str]]:
     x_lo, x_hi = math.floor(math.log10(min(xs) / 2)), math.ceil(math.log10(max(xs) * 2))
     y_lo, y_hi = math.floor(math.log10(min(ys) / 2)), math.ceil(math.log10(max(ys) * 2))
     ml, mr, mt, mb, pw, ph = 64, 28, 16, 44, 600, 340
-    X = lambda v: ml + (math.log10(v) - x_lo) / (x_hi - x_lo) * pw  # noqa: E731
-    Y = lambda v: mt + ph - (math.log10(v) - y_lo) / (y_hi - y_lo) * ph  # noqa: E731
+    X = lambda v: ml + (math.log10(v) - x_lo) / (x_hi - x_lo) * pw
+    Y = lambda v: mt + ph - (math.log10(v) - y_lo) / (y_hi - y_lo) * ph
     body = []
     for k in range(x_lo, x_hi + 1):
         body += [_line(X(10 ** k), mt, X(10 ** k), mt + ph, C_GRID),

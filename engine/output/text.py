@@ -127,7 +127,7 @@ def render_diff(diff: Any, name_a: str, name_b: str, fmt: str = "text") -> str:
     summary = (f"{diff.kind} steps: A {diff.a_steps} (p50 {fmt_ms(diff.a_step_p50_ms)} ms), "
                f"B {diff.b_steps} (p50 {fmt_ms(diff.b_step_p50_ms)} ms): {signed_pct(diff.step_change_pct)} {step_verdict}")
     if fmt == "md":
-        from llm_moments.engine.output.markdown import md_code, md_text
+        from llm_moments.engine.output.sanitize import md_code, md_text
 
         missing = [f"only in {ab} ({md_code(name, False)}): " + ", ".join(md_code(n, False) for n in only)
                    for ab, name, only in (("A", name_a, diff.only_in_a), ("B", name_b, diff.only_in_b)) if only]

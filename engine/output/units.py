@@ -7,8 +7,21 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["finite", "fmt_ms", "fmt3", "fmt_scaled", "fmt_cycles", "fmt_mhz", "na", "si", "pct", "signed_pct",
-           "params", "bar", "share_bar"]
+__all__ = [
+    "bar",
+    "finite",
+    "fmt3",
+    "fmt_cycles",
+    "fmt_mhz",
+    "fmt_ms",
+    "fmt_scaled",
+    "na",
+    "params",
+    "pct",
+    "share_bar",
+    "si",
+    "signed_pct",
+]
 
 
 def finite(x: Any) -> bool:
