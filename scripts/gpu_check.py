@@ -19,6 +19,13 @@ What it does, in one process:
    SM clock range seen and max clock, coverage (Σ top-level moments / step time) at blocks depth,
    cycles per decode step, steps measured, decode step p50, monitored / plain ratios.
 
+4. with more than one GPU visible (issue #9 item 5): the same preset, random weights, split over the
+   GPUs with accelerate's ``dispatch_model`` (top-level layers in contiguous chunks, tied weights kept
+   together), monitored for --multi-seconds of decode: per device its layers, moments, SM clock, busy
+   time, the layers marked ``transfer_in``, and the sum check (Σ top-level moments ≤ step wall time,
+   coverage, steps where they overlap), beside the synchronized plain step time. With one GPU the
+   table says "skipped: one GPU". ``--multi-only`` runs just this part.
+
 Without a CUDA GPU it exits with status 2 and one line on stderr. Without NVML the NVML rows say
 n/a. torch.cuda.synchronize is called only around the timed runs of a pair, never in a hook.
 Exit status: 0 all sections ran, 1 a section failed (the table still shows the others), 2 no GPU.
@@ -37,6 +44,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # bench/pairs.py (the pair estimator) lives beside scripts/, not in the package
+    sys.path.insert(0, str(ROOT))
 
 NO_GPU = "no CUDA GPU visible: run this on a machine with an NVIDIA GPU and a CUDA build of torch"
 DEPTHS = ("blocks", "sublayers", "leaves")
@@ -58,6 +67,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", metavar="FILE", help="write the table as markdown")
     p.add_argument("--record", metavar="FILE", help="record the monitored (blocks) run as JSON Lines")
     p.add_argument("--json", metavar="FILE", help="write the figures as JSON")
+    p.add_argument("--multi-seconds", type=float, default=5.0,
+                   help="decode seconds of the multi-GPU part (runs only with more than one GPU; default 5)")
+    p.add_argument("--multi-only", action="store_true", help="run only the multi-GPU part")
     p.add_argument("--budget", type=float, default=240.0,
                    help="seconds for the whole check at most; pairs stop early to fit (default 240)")
     # Development only: run the same pipeline on CPU so every non-CUDA line is exercised here.
@@ -239,6 +251,175 @@ def step_figures(steps: list[dict[str, Any]], top: list[bool]) -> dict[str, Any]
     }
 
 
+# -- several GPUs (device_map) -------------------------------------------------------------------------
+
+MULTI_SKIPPED = "skipped: one GPU"
+
+
+def split_device_map(model: Any, n_gpus: int) -> dict[str, int]:
+    """A device_map over ``n_gpus``: the top-level layers in contiguous chunks (layer order), every
+    tensor of the state dict covered (the rest on GPU 0), tied weights on their first member's GPU."""
+    from llm_moments.engine.core.hooks import top_level_layers
+
+    tops, _ = top_level_layers(model)
+    names = [n for n, _ in tops]
+    dmap = {name: min(n_gpus - 1, i * n_gpus // max(1, len(names))) for i, name in enumerate(names)}
+
+    def key_for(tensor_name: str) -> str | None:
+        hits = [k for k in dmap if tensor_name == k or tensor_name.startswith(k + ".")]
+        return max(hits, key=len) if hits else None
+
+    for name in model.state_dict():
+        if key_for(name) is None:
+            dmap[name.rsplit(".", 1)[0] if "." in name else name] = 0
+    try:
+        from accelerate.utils import find_tied_parameters
+
+        groups = find_tied_parameters(model)
+    except Exception:
+        groups = []
+    for group in groups:
+        owner = key_for(group[0])
+        for other in group[1:]:
+            k = key_for(other)
+            if owner is not None and k is not None:
+                dmap[k] = dmap[owner]
+    return dmap
+
+
+def multi_gpu_figures(steps: list[dict[str, Any]], header: dict[str, Any]) -> dict[str, Any]:
+    """Per device: layers, transfer_in layers, busy / clock medians; the sum check over steps."""
+    layers = header["layers"]
+    top = [l["parent"] is None for l in layers]
+    devices: dict[str, dict[str, Any]] = {}
+    for i, l in enumerate(layers):
+        d = devices.setdefault(l.get("device") or "?", {"layers": [], "transfer_in": []})
+        d["layers"].append(i)
+        if l.get("transfer_in"):
+            d["transfer_in"].append(l["name"])
+    clock_info = (header.get("clock") or {}).get("devices") or {}
+    over, ratios = 0, []
+    for s in steps:
+        c = sum(ms for ms, t in zip(s["layer_ms"], top) if t and ms is not None)
+        if s["wall_ms"] > 0:
+            ratios.append(c / s["wall_ms"])
+        if c > s["wall_ms"] * 1.01:
+            over += 1
+    for name, d in devices.items():
+        per = [s.get("devices", {}).get(name) or {} for s in steps]
+        d["busy_ms_p50"] = pct([x["busy_ms"] for x in per if x.get("busy_ms") is not None], 50)
+        d["clock_mhz_p50"] = pct([x["clock_mhz"] for x in per if x.get("clock_mhz") is not None], 50)
+        d["gpu"] = (clock_info.get(name) or {}).get("name")
+        d["moments_ms_p50"] = {
+            layers[i]["name"]: pct([s["layer_ms"][i] for s in steps if s["layer_ms"][i] is not None], 50)
+            for i in d["layers"] if top[i]}
+        cyc = [sum(s["layer_cycles"][i] or 0 for i in d["layers"] if top[i]) for s in steps]
+        d["cycles_p50"] = pct(cyc, 50)
+    return {
+        "devices": devices, "steps": len(steps),
+        "wall_ms_p50": pct([s["wall_ms"] for s in steps], 50),
+        "host_ms_p50": pct([s["host_ms"] for s in steps if s.get("host_ms") is not None], 50),
+        "coverage_p50": pct(ratios, 50), "coverage_max": max(ratios) if ratios else None,
+        "steps_sum_over_wall": over,
+        "clock_mhz_p50": pct([s["clock_mhz"] for s in steps if s.get("clock_mhz") is not None], 50),
+    }
+
+
+def run_multi_gpu(args: argparse.Namespace, report: dict[str, Any], deadline: float) -> None:
+    """Part 4: a device_map over every visible GPU (only with more than one)."""
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() and not args.force_cpu else 0
+    if n < 2:
+        report["multi_gpu"] = {"skipped": f"{MULTI_SKIPPED} ({n} visible)"}
+        progress(f"multi-GPU part: {MULTI_SKIPPED} ({n} visible)")
+        return
+    from accelerate import dispatch_model
+
+    from bench.pairs import Config, Decoder, ratio_stats, run_rounds
+    from llm_moments.engine.session.models import load_model
+    from llm_moments.engine.session.monitor import Monitor
+
+    progress(f"multi-GPU part: {args.model} over {n} GPUs ...")
+    loaded = load_model(args.model, "cpu", "bfloat16" if args.dtype == "auto" else args.dtype)
+    model = loaded.model.eval()
+    dmap = split_device_map(model, n)
+    model = dispatch_model(model, device_map=dmap)
+
+    def sync() -> None:
+        for k in range(n):
+            torch.cuda.synchronize(k)
+
+    collector = Collector()
+    mon = Monitor(model, depth="blocks", model_info=loaded.info, listeners=[collector],
+                  run_info={"tool": "scripts/gpu_check.py", "part": "multi-gpu"})
+    mon.start()
+    try:
+        out: dict[str, Any] = {"gpus": n, "device_map": {k: v for k, v in dmap.items()},
+                               "timer": type(mon.timer).__name__, "timer_devices": list(mon.devices_in_use),
+                               "clock_source": getattr(mon.clock_source, "name", "?")}
+        dec = Decoder(model, "cuda:0", prompt_len=args.prompt_len)
+        with torch.inference_mode():
+            dec.prefill()
+            for _ in range(20):
+                dec.step()
+            dec.reset()
+            sync()
+            mon.flush()
+            collector.phase = "multi"
+            t_end = time.monotonic() + min(args.multi_seconds, max(1.0, deadline - time.monotonic() - 20))
+            k = 0
+            while k < 50 or time.monotonic() < t_end:
+                dec.step()
+                k += 1
+                if k % 64 == 0:
+                    dec.reset()
+                if k >= 50 and time.monotonic() > deadline - 15:
+                    break
+            sync()
+            mon.flush()
+            collector.phase = "multi-pairs"
+            out.update(multi_gpu_figures(collector.phase_steps("multi", "decode"), mon.header))
+            # monitored / plain with every GPU synchronized around each side (a short ABAB run)
+            mon.hooks.detach()
+            cfg = Config("blocks", enable=mon.hooks.attach, disable=lambda: (mon.hooks.detach(), mon.flush()),
+                         modules=len(mon.layers))
+            dec.prefill()
+            dec.reset()
+            run_rounds([cfg, Config("A/A")], dec, rounds=40, k=2, sync=sync, warmup_rounds=3,
+                       deadline=min(deadline - 10, time.monotonic() + 20))
+            out["ratio"] = ratio_stats(cfg.ratios)
+            out["plain_step_ms"] = (pct(cfg.plain_ns, 50) / 2 / 1e6) if cfg.plain_ns else None
+        report["multi_gpu"] = out
+    finally:
+        mon.stop()
+        report["statuses"] += mon.statuses
+
+
+def render_multi(m: dict[str, Any] | None, row: Any) -> None:
+    if m is None:
+        row("multi-GPU (device_map)", "n/a (section failed)")
+        return
+    if m.get("skipped"):
+        row("multi-GPU (device_map)", m["skipped"])
+        return
+    row("multi-GPU (device_map)", f"{m['gpus']} GPUs, timer {m['timer']} on {', '.join(m['timer_devices'])}, "
+        f"clock {m['clock_source']}; {m['steps']} decode steps")
+    for name, d in m["devices"].items():
+        moments = ", ".join(f"{k} {f(v, '.3f')}" for k, v in d["moments_ms_p50"].items())
+        row(f"  {name} ({d.get('gpu') or '?'})",
+            f"busy p50 {f(d['busy_ms_p50'], '.3f', ' ms')}, SM clock p50 {f(d['clock_mhz_p50'], '.0f', ' MHz')}, "
+            f"cycles p50 {f(d['cycles_p50'], ',.0f')}; transfer_in: {', '.join(d['transfer_in']) or 'none'}; "
+            f"moments p50 (ms): {moments}")
+    row("  sum check", f"Σ top-level moments / wall: p50 {f(m['coverage_p50'], '.3f')}, "
+        f"max {f(m['coverage_max'], '.3f')}; steps with Σ > wall + 1 %: {m['steps_sum_over_wall']} of "
+        f"{m['steps']}; wall p50 "
+        f"{f(m['wall_ms_p50'], '.3f', ' ms')} (host p50 {f(m['host_ms_p50'], '.3f', ' ms')}, plain synchronized "
+        f"{f(m.get('plain_step_ms'), '.3f', ' ms')}); step clock p50 {f(m['clock_mhz_p50'], '.0f', ' MHz')}")
+    st = m.get("ratio") or {}
+    row("  monitored / plain (multi-GPU, blocks)", f"{f(st.get('median'), '.4f')} over {st.get('pairs', 0)} pairs")
+
+
 # -- table ----------------------------------------------------------------------------------------
 
 
@@ -314,6 +495,7 @@ def render_markdown(r: dict[str, Any]) -> str:
             f"{meta['steps_per_side']} steps; A/A {f(aa['median'], '.4f')}); {f(o['us_per_module'], '.2f', ' µs')}/layer;"
             f" plain step p50 {f(o['plain_step_ms'], '.3f', ' ms')} (host, synchronized)"
             + (" — stopped early (budget)" if o.get("stopped_early") else ""))
+    render_multi(r.get("multi_gpu"), row)
     if r.get("statuses"):
         row("monitor statuses", "; ".join(dict.fromkeys(r["statuses"])))
     if r.get("errors"):
@@ -342,7 +524,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(NO_GPU + "\n")
         return 2
     t_start = time.monotonic()
-    deadline = t_start + args.budget
+    # the multi-GPU part (several GPUs only) keeps its share of the budget from the single-GPU part
+    multi_reserve = 45.0 if not args.force_cpu and torch.cuda.device_count() > 1 else 0.0
+    deadline = t_start + args.budget - multi_reserve
 
     try:
         import numpy as np
@@ -369,6 +553,23 @@ def main(argv: list[str] | None = None) -> int:
             report["errors"].append(f"{name}: {type(exc).__name__}: {exc}")
             progress(f"{name} FAILED: {type(exc).__name__}: {exc}")
             traceback.print_exc(file=sys.stderr)
+
+    if args.multi_only:
+        with section("multi-GPU"):
+            run_multi_gpu(args, report, deadline + multi_reserve)
+        lines = ["### llm-moments GPU check — multi-GPU part", "", "| check | value |", "|---|---|"]
+        render_multi(report.get("multi_gpu"), lambda k, v: lines.append(f"| {k} | {v.replace('|', '/')} |"))
+        if report["statuses"]:
+            lines.append(f"| monitor statuses | {'; '.join(dict.fromkeys(report['statuses']))} |")
+        if report["errors"]:
+            lines.append(f"| ERRORS | {'; '.join(report['errors'])} |")
+        text = "\n".join(lines) + "\n"
+        print(text)
+        if args.out:
+            Path(args.out).expanduser().write_text(text, encoding="utf-8")
+        if args.json:
+            Path(args.json).expanduser().write_text(json.dumps(report, indent=1, default=str) + "\n", encoding="utf-8")
+        return 1 if report["errors"] else 0
 
     device = "cpu" if args.force_cpu else "cuda"
     progress(f"loading {args.model} on {device} ...")
@@ -497,6 +698,10 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 other.stop()
                 report["statuses"] += other.statuses
+
+    # 4. several GPUs: a device_map over all of them (says "skipped: one GPU" otherwise)
+    with section("multi-GPU"):
+        run_multi_gpu(args, report, deadline + multi_reserve)
 
     # 3. figures that need the whole session
     with section("NVML latency"):

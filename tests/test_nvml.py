@@ -303,3 +303,54 @@ def test_real_binding_without_driver_is_a_clear_error():
     else:  # a machine with a GPU: reads must work and never raise
         assert "sm_clock_mhz" in dev.read_clocks()
         dev.close()
+
+
+# -- several GPUs through one binding (issue #9: device_map over GPUs) ----------------------------
+
+
+class TwoGpuNvml(FakeNvml):
+    """Two GPUs at different clocks; each handle answers for its own GPU, and each can be lost alone."""
+
+    def __init__(self, sm=(1980, 1410)) -> None:
+        super().__init__(count=len(sm))
+        self.sm = list(sm)
+        self.lost_gpus: set[int] = set()
+
+    def nvmlDeviceGetClockInfo(self, h, kind):
+        self._hit("nvmlDeviceGetClockInfo")
+        if h[1] in self.lost_gpus:
+            raise GpuIsLost()
+        return {1: self.sm[h[1]], 2: self.mem_mhz}[kind]
+
+    def nvmlDeviceGetUUID(self, h):
+        self._hit("nvmlDeviceGetUUID")
+        return f"GPU-{h[1]}"
+
+
+def test_two_gpus_read_their_own_clocks_with_one_init():
+    fake = TwoGpuNvml(sm=(1980, 1410))
+    d0, d1 = open_device(0, binding=fake), open_device(1, binding=fake)
+    assert fake.inits == 1
+    assert d0.read_clocks()["sm_clock_mhz"] == 1980
+    assert d1.read_clocks()["sm_clock_mhz"] == 1410
+    assert (d0.info()["uuid"], d1.info()["uuid"]) == ("GPU-0", "GPU-1")
+    d0.close()
+    assert fake.shutdowns == 0
+    d1.close()
+    assert fake.shutdowns == 1
+
+
+def test_one_of_two_gpus_lost_leaves_the_other():
+    from llm_moments.engine.core.sampler import MultiClockSource, NvmlClockSource
+
+    fake = TwoGpuNvml()
+    src = MultiClockSource({"cuda:0": NvmlClockSource(open_device(0, binding=fake)),
+                            "cuda:1": NvmlClockSource(open_device(1, binding=fake))})
+    assert src.read_fast()["devices"]["cuda:1"]["clock_mhz"] == 1410
+    fake.lost_gpus = {1}
+    fast = src.read_fast()
+    assert fast["clock_mhz"] == 1980 and fast["devices"]["cuda:0"]["sm_clock_mhz"] == 1980
+    assert fast["devices"]["cuda:1"]["clock_mhz"] is None
+    assert src.status.startswith("cuda:1: GPU lost")
+    src.close()
+    assert fake.shutdowns == 1

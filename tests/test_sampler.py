@@ -286,3 +286,77 @@ def test_stop_is_idempotent_and_no_restart():
     with Sampler(ScriptedSource()) as t:
         assert t.running
     assert not t.running
+
+
+# -- several GPUs: one tick reads every device ------------------------------------------------------
+
+
+class DeviceSource(ScriptedSource):
+    def info(self):
+        return {"name": f"gpu at {self.clocks[0]}"}
+
+    def close(self):
+        self.closed = True
+
+
+def test_multi_source_sample_keeps_the_primary_at_top_level():
+    from llm_moments.engine.core.sampler import MultiClockSource
+
+    a, b = DeviceSource(clocks=[1980.0]), DeviceSource(clocks=[1410.0], reasons=[["hw_thermal"]])
+    src = MultiClockSource({"cuda:0": a, "cuda:1": b})
+    assert src.devices == ["cuda:0", "cuda:1"] and src.name == "fake"
+    s = Sampler(src, clock_hz=10, util_hz=5, t0_ns=0)
+    x = s._tick(now_ns=0)
+    # the one-GPU fields, as before, are the primary device's ...
+    assert x["clock_mhz"] == 1980.0 and x["throttle_reasons"] == [] and x["util_pct"] == 1
+    # ... and every device's fast and slow fields are under devices
+    assert x["devices"] == {"cuda:0": {"clock_mhz": 1980.0, "throttle_reasons": [], "util_pct": 1},
+                            "cuda:1": {"clock_mhz": 1410.0, "throttle_reasons": ["hw_thermal"], "util_pct": 1}}
+    assert a.fast_calls == b.fast_calls == 1  # one read of each device per tick (rate ≤ 20 Hz each)
+    info = src.info()
+    assert info["name"] == "gpu at 1980.0" and info["devices"]["cuda:1"]["name"] == "gpu at 1410.0"
+    src.close()
+    assert a.closed and b.closed
+
+
+def test_clock_between_per_device():
+    from llm_moments.engine.core.sampler import MultiClockSource
+
+    src = MultiClockSource({"cuda:0": ScriptedSource(clocks=[1000, 1100, 1200]),
+                            "cuda:1": ScriptedSource(clocks=[500, 600, 700], reasons=[[], ["sw_power_cap"], []])})
+    s = Sampler(src, t0_ns=0)
+    for t in (0, 100, 200):
+        s._tick(now_ns=t)
+    assert s.clock_between(0, 100) == (1050.0, 2, [])
+    assert s.clock_between(0, 100, "cuda:1") == (550.0, 2, ["sw_power_cap"])
+    assert s.clock_between(160, 190, "cuda:1") == (700, 0, [])       # nearest sample, its device's clock
+    assert s.clock_between(0, 200, "cuda:7") == (None, 3, [])        # a device no sample has
+
+
+def test_multi_source_survives_a_raising_device():
+    from llm_moments.engine.core.sampler import MultiClockSource
+
+    class Broken(ScriptedSource):
+        def read_fast(self):
+            if self.fast_calls:
+                raise RuntimeError("boom")
+            return super().read_fast()
+
+    src = MultiClockSource({"cuda:0": ScriptedSource(clocks=[1000]), "cuda:1": Broken(clocks=[900])})
+    assert src.read_fast()["devices"]["cuda:1"]["clock_mhz"] == 900
+    assert src.read_fast()["devices"]["cuda:1"] == {"clock_mhz": None, "throttle_reasons": None}
+
+
+def test_make_clock_sources(monkeypatch):
+    from llm_moments.engine.core.sampler import MultiClockSource, make_clock_sources
+
+    def no_nvml(index=0, uuid=None, binding=None):
+        raise NvmlUnavailable("NVML not available: test")
+
+    monkeypatch.setattr(sampler_mod, "open_device", no_nvml)
+    one = make_clock_sources(["cuda:0"])
+    assert not isinstance(one, MultiClockSource) and one.name == "unavailable"
+    two = make_clock_sources(["cuda:0", "cuda:1", "cuda:1"])
+    assert isinstance(two, MultiClockSource) and two.devices == ["cuda:0", "cuda:1"]
+    assert two.status == "cuda:0: NVML not available: test"
+    assert make_clock_sources(["cpu"]).name in ("cpufreq", "cpu-nominal", "unavailable")

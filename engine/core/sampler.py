@@ -5,6 +5,12 @@ A clock source reads the processor clock used for cycles (``clock_mhz``) plus a 
 utilization rate (utilization, power, temperature). Sources never raise from reads: a field the
 device does not support is None, a problem is a one-line ``status``.
 
+Several GPUs (a ``device_map`` model): ``MultiClockSource`` reads one source per device in one tick (the
+NVML calls of all devices run one after another on the sampler's one thread, never at once; the tick
+rate stays ≤ 20 Hz, so each GPU is asked at most that often). A sample then carries the first
+device's fields at top level, exactly as a one-GPU sample, plus ``devices: {"cuda:0": {...},
+"cuda:1": {...}}`` with every device's fields; ``clock_between(t0, t1, device)`` reads one of them.
+
 ``Sampler`` runs a source on a daemon thread and answers, once per step from the engine's thread,
 "what was the clock between these two instants" (``clock_between``). All times are
 ``time.perf_counter_ns`` nanoseconds, the clock the engine stamps steps with.
@@ -12,6 +18,7 @@ device does not support is None, a problem is a one-line ``status``.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import math
 import os
@@ -30,7 +37,9 @@ __all__ = [
     "NvmlClockSource",
     "CpuClockSource",
     "UnavailableClockSource",
+    "MultiClockSource",
     "make_clock_source",
+    "make_clock_sources",
     "Sampler",
     "MAX_CLOCK_HZ",
     "MAX_UTIL_HZ",
@@ -134,6 +143,77 @@ class UnavailableClockSource:
 
     def close(self) -> None:
         pass
+
+
+class MultiClockSource:
+    """Several GPUs read in one tick: one source per device, the first (the model's primary device) first.
+
+    ``read_fast`` / ``read_slow`` return the first device's fields at top level (a one-GPU reader sees
+    the sample it always saw) plus ``devices``: {device: that device's fields}. A source that raises
+    gives its device's last known fields as None (sources should not raise: this is a backstop).
+    ``status``: the first device's status that is not None, prefixed with its device.
+    """
+
+    def __init__(self, sources: dict[str, ClockSource]) -> None:
+        if not sources:
+            raise ValueError("MultiClockSource needs at least one device's source")
+        self.sources = dict(sources)
+        self.primary = next(iter(self.sources))
+        first = self.sources[self.primary]
+        self.name = getattr(first, "name", "unavailable")
+        self._keys: dict[tuple[str, str], tuple[str, ...]] = {}
+
+    @property
+    def devices(self) -> list[str]:
+        return list(self.sources)
+
+    @property
+    def device(self) -> Any:
+        """The primary source's NVML device (for its call latencies), if it has one."""
+        return getattr(self.sources[self.primary], "device", None)
+
+    def info(self) -> dict[str, Any]:
+        per: dict[str, Any] = {}
+        for dev, src in self.sources.items():
+            try:
+                per[dev] = {"source": getattr(src, "name", "unavailable"), **(src.info() or {})}
+            except Exception as exc:
+                per[dev] = {"source": getattr(src, "name", "unavailable"), "status": f"info failed: {exc!r}"}
+        out = {k: v for k, v in per[self.primary].items() if k != "source"}
+        out["devices"] = per
+        return out
+
+    def _each(self, what: str) -> dict[str, Any]:
+        per: dict[str, dict[str, Any]] = {}
+        for dev, src in self.sources.items():
+            try:
+                fields = dict(getattr(src, what)())
+                self._keys[(dev, what)] = tuple(fields)
+            except Exception:
+                fields = dict.fromkeys(self._keys.get((dev, what), ()))
+            per[dev] = fields
+        out = dict(per[self.primary])
+        out["devices"] = per
+        return out
+
+    def read_fast(self) -> dict[str, Any]:
+        return self._each("read_fast")
+
+    def read_slow(self) -> dict[str, Any]:
+        return self._each("read_slow")
+
+    @property
+    def status(self) -> str | None:
+        for dev, src in self.sources.items():
+            st = getattr(src, "status", None)
+            if st:
+                return st if len(self.sources) == 1 else f"{dev}: {st}"
+        return None
+
+    def close(self) -> None:
+        for src in self.sources.values():
+            with contextlib.suppress(Exception):
+                src.close()
 
 
 def _cpuinfo(proc_root: str) -> tuple[str | None, float | None]:
@@ -281,6 +361,14 @@ def make_clock_source(device: str) -> ClockSource:
     return NvmlClockSource(nvml)
 
 
+def make_clock_sources(devices: list[str]) -> ClockSource:
+    """One source for ``devices[0]``, or a ``MultiClockSource`` over each (several GPUs). Never raises."""
+    devices = list(dict.fromkeys(str(d) for d in devices))
+    if len(devices) <= 1:
+        return make_clock_source(devices[0] if devices else "cpu")
+    return MultiClockSource({d: make_clock_source(d) for d in devices})
+
+
 # -- sampler -------------------------------------------------------------------------------------
 
 
@@ -410,6 +498,10 @@ class Sampler:
         sample = {"type": "sample", "t_ns": t_ns - self.t0_ns, "source": self.source.name}
         sample.update(fast)
         sample.update(self._slow)
+        per_fast = fast.get("devices")
+        if per_fast is not None:  # several devices: each one's fast and slow fields together
+            per_slow = self._slow.get("devices") or {}
+            sample["devices"] = {d: {**f, **(per_slow.get(d) or {})} for d, f in per_fast.items()}
         with self._lock:
             self._history.append(sample)
         if self.on_sample is not None:
@@ -460,13 +552,15 @@ class Sampler:
         with self._lock:
             return list(self._history)
 
-    def clock_between(self, t0_ns: int, t1_ns: int) -> tuple[float | None, int, list[str]]:
+    def clock_between(self, t0_ns: int, t1_ns: int,
+                      device: str | None = None) -> tuple[float | None, int, list[str]]:
         """(clock MHz, samples inside, throttle reasons) for the window [t0_ns, t1_ns].
 
         Times are ns since this sampler's ``t0_ns``, like sample ``t_ns``. The clock is the mean
         ``clock_mhz`` of the samples inside the window, else the nearest sample's clock (0
         inside); reasons are the union over the samples inside, else the nearest one's. Scans
-        from the newest end, so a recent step costs a few samples.
+        from the newest end, so a recent step costs a few samples. ``device`` ("cuda:1"): that
+        device's fields of a multi-device sample (``devices``); None: the sample's top level.
         """
         inside_mhz: list[float] = []
         reasons: dict[str, None] = {}  # ordered set
@@ -482,9 +576,10 @@ class Sampler:
                     before = sample  # the latest sample before the window
                     break
                 count += 1
-                if sample.get("clock_mhz") is not None:
-                    inside_mhz.append(sample["clock_mhz"])
-                reasons.update(dict.fromkeys(sample.get("throttle_reasons") or ()))
+                fields = sample if device is None else _device_fields(sample, device)
+                if fields.get("clock_mhz") is not None:
+                    inside_mhz.append(fields["clock_mhz"])
+                reasons.update(dict.fromkeys(fields.get("throttle_reasons") or ()))
         if count:
             mhz = sum(inside_mhz) / len(inside_mhz) if inside_mhz else None
             return mhz, count, list(reasons)
@@ -494,4 +589,12 @@ class Sampler:
             nearest = after
         else:
             nearest = before
+        if device is not None:
+            nearest = _device_fields(nearest, device)
         return nearest.get("clock_mhz"), 0, list(nearest.get("throttle_reasons") or ())
+
+
+def _device_fields(sample: dict[str, Any], device: str) -> dict[str, Any]:
+    """One device's fields of a multi-device sample (empty when the sample has none for it)."""
+    per = sample.get("devices")
+    return (per.get(device) if isinstance(per, dict) else None) or {}

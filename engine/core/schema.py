@@ -24,6 +24,8 @@ class LayerEntry(TypedDict):
                                      # "+"-joined if several; "p2p+broadcast" for the pipeline row; None
     offload: NotRequired[str | None]  # "disk" | "cpu": weights loaded from there at every call (accelerate)
     synthetic: NotRequired[bool]     # not a module: "(pipeline recv/send)", the stage's communication wait
+    transfer_in: NotRequired[bool]   # layers on several GPUs: the first entry on a GPU after another GPU;
+                                     # its moment holds the copy of its inputs from there (absent: no)
 
 
 class DistLayout(TypedDict):
@@ -83,6 +85,15 @@ class HeaderRecord(TypedDict):
     sharding: NotRequired[dict[str, Any]]  # {"engine", "device_map"?, "offload"?: ["disk", ...]} when split
 
 
+class DeviceStep(TypedDict):
+    """One GPU's part of a step (step ``devices``, written only when the layers sit on several GPUs)."""
+
+    clock_mhz: float | None          # that device's clock during the step (its own samples)
+    clock_samples: int               # its samples inside the step
+    throttle_reasons: list[str] | None
+    busy_ms: float                   # Σ top-level moments of the layers on it
+
+
 class StepRecord(TypedDict):
     type: Literal["step"]
     index: int
@@ -114,6 +125,10 @@ class StepRecord(TypedDict):
     load_ms: NotRequired[list[float | None]]   # loading offloaded weights (accelerate pre/post_forward)
     pipeline_ms: NotRequired[dict[str, float]]  # the pipeline row split: "recv", "send", "broadcast"
     variant: NotRequired[str]
+    # Layers on several GPUs only (a device_map; absent on one device): each entry's clock is its own
+    # device's, layer_cycles use it, and clock_mhz / cycles use the devices' clocks weighted by busy_ms.
+    layer_clock_mhz: NotRequired[list[float | None]]
+    devices: NotRequired[dict[str, DeviceStep]]   # "cuda:0" → that device's clock and busy time
 
 
 class SampleRecord(TypedDict, total=False):
@@ -133,6 +148,8 @@ class SampleRecord(TypedDict, total=False):
     cpu_clock_mhz: float | None
     cpu_util_pct: float | None
     process_cpu_pct: float | None
+    devices: dict[str, dict[str, Any]]  # several GPUs: every device's fields by device ("cuda:1");
+                                        # the top-level fields are the first device's
 
 
 class StatusRecord(TypedDict):

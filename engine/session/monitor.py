@@ -29,9 +29,9 @@ from llm_moments.engine.core import waits as _waits
 from llm_moments.engine.core.hooks import Layer, StepHooks, find_layers
 from llm_moments.engine.core.recording import Recorder, RecordingLost, rank_record_path
 from llm_moments.engine.core.roof import machine_roof
-from llm_moments.engine.core.sampler import Sampler, make_clock_source
+from llm_moments.engine.core.sampler import Sampler, make_clock_source, make_clock_sources
 from llm_moments.engine.core.steps import HeadProbe, StepRule, add_work_inputs, layer_roles
-from llm_moments.engine.core.timing import make_timer
+from llm_moments.engine.core.timing import cuda_devices_in_use, make_timer
 from llm_moments.engine.errors import MomentsError
 from llm_moments.engine.output.text import render_text
 from llm_moments.engine.session.header import build_header, default_model_info, model_device
@@ -53,6 +53,29 @@ def _check_rate(name: str, flag: str, value: Any, limit: float) -> None:
     if not ok:  # NaN fails every comparison
         raise MomentsError(f"{flag} ({name}) must be from {MIN_RATE_HZ:g} to {limit:g} samples per second, "
                            f"not {value!r}")
+
+
+def _handoffs(layers: list[Layer], placement: list[dict[str, Any]]) -> list[str | None]:
+    """Per entry, the GPU its inputs come from when that is another GPU than its own, else None.
+
+    The entry that runs just before an entry is taken to be its previous sibling (same parent; for a
+    top-level entry the previous top-level entry), else its parent: where inputs come from in a model
+    that runs its layers in order, as a ``device_map`` splits it. Absent and synthetic entries do not
+    count. Decided once, from the placement, never per call."""
+    out: list[str | None] = [None] * len(layers)
+    last: dict[int | None, str] = {}
+    for i, (layer, place) in enumerate(zip(layers, placement)):
+        dev = place.get("device")
+        if dev is None or layer.synthetic or not place.get("present", True):
+            continue
+        parent = layer.parent
+        prev = last.get(parent)
+        if prev is None and parent is not None:
+            prev = placement[parent].get("device")
+        last[parent] = dev
+        if prev is not None and prev != dev and prev.startswith("cuda") and dev.startswith("cuda"):
+            out[i] = prev
+    return out
 
 
 class _PipelineWait(nn.Module):
@@ -106,10 +129,21 @@ class Monitor:
             self.layers.append(Layer(_waits.PIPELINE_ENTRY, _PipelineWait(), None, synthetic=True,
                                      comm="p2p+broadcast"))
         self.placement = _dist.layer_placement(model, self.layers, self.device)
+        # Layers on several GPUs (a device_map): each layer's events go on its own device (timing.py's
+        # MultiCudaTimer), its cycles use its own device's clock, and the first layer on each device
+        # after another GPU carries the inputs' transfer (header layers[i].transfer_in).
+        self.layer_devices = [p["device"] for p in self.placement]
+        self.handoff_from = _handoffs(self.layers, self.placement)
+        multi_gpu = len(cuda_devices_in_use(self.layer_devices, self.device)) > 1
+        if multi_gpu:
+            for place, src in zip(self.placement, self.handoff_from):
+                if src is not None:
+                    place["transfer_in"] = True
         self.engine = _dist.sharding_engine(model, self.world[1] if self.world else 1)
         # Header layers carry device / present / comm / offload only when the model is split (absent:
         # the header's device, present, no collective, not offloaded).
-        self.sharded = self.engine is not None or self.multi_rank or not all(l.present for l in self.layers)
+        self.sharded = (self.engine is not None or self.multi_rank or not all(l.present for l in self.layers)
+                        or multi_gpu)
         if record is not None and self.multi_rank:
             record = rank_record_path(record, self.rank)  # never two writers on one file
         self.model_info = model_info or default_model_info(model)
@@ -151,8 +185,14 @@ class Monitor:
         self.clock_origin = _dist.clock_origin()
         self.t0_ns = self.clock_origin["perf_counter_ns"]
         self.session_id = self._session_id()
-        self.timer = make_timer(len(self.layers), self.device)
-        source = self._clock_source or make_clock_source(str(self.device))
+        self.timer = make_timer(len(self.layers), self.device, self.layer_devices, self.handoff_from)
+        # Devices the timer records on; several: one clock per device, each layer's cycles from its own.
+        self.devices_in_use = list(getattr(self.timer, "devices", None) or [str(self.device)])
+        multi = len(self.devices_in_use) > 1
+        source = self._clock_source or (make_clock_sources(self.devices_in_use) if multi
+                                        else make_clock_source(str(self.device)))
+        per_device = multi and set(self.devices_in_use) <= set(getattr(source, "devices", None) or ())
+        self._entry_clock_device = list(getattr(self.timer, "entry_devices", None) or []) if per_device else None
         self.clock_source = source
         self.sampler = Sampler(source, clock_hz=self.sample_hz, util_hz=self.util_hz,
                                on_sample=self._queue.put, on_status=self._status, t0_ns=self.t0_ns)
@@ -325,7 +365,11 @@ class Monitor:
             self.steps_without_hooks += 1
             if self.steps_without_hooks == 1:
                 self._status(NO_LAYER_TIMING)
-        if clock_mhz:
+        per_device = None
+        if self._entry_clock_device:  # several GPUs: each layer's cycles at its own device's clock
+            per_device, layer_clock, clock_mhz, throttle = self._device_clocks(t0, t1, layer_ms, clock_mhz, throttle)
+            cycles = [None if ms is None or not c else int(ms * c * 1e3) for ms, c in zip(layer_ms, layer_clock)]
+        elif clock_mhz:
             cycles = [None if ms is None else int(ms * clock_mhz * 1e3) for ms in layer_ms]
         else:
             cycles = [None] * len(layer_ms)
@@ -349,6 +393,10 @@ class Monitor:
             "throttle_reasons": throttle,
             "hooks_fired": fired,
         }
+        if per_device is not None:
+            record["layer_clock_mhz"] = [None if ms is None or c is None else round(c, 1)
+                                         for ms, c in zip(layer_ms, layer_clock)]
+            record["devices"] = per_device
         add_work_inputs(record, kv, heads)  # kv_len, head_tokens (engine/core/steps.py)
         if nested is not None:  # only in steps where some call ran inside a layer that is not its parent
             record["layer_nested_calls"] = list(nested)
@@ -356,6 +404,34 @@ class Monitor:
             self._inst.add_to_record(record, waits, done.calls, layer_ms, [l.parent for l in self.layers],
                                      self.placement)
         return record
+
+    def _device_clocks(self, t0: int, t1: int, layer_ms: list[float | None], primary_mhz: float | None,
+                       throttle: list[str]) -> tuple[dict[str, Any], list[float | None], float | None, list[str]]:
+        """Several GPUs: (``devices`` of the step record, each entry's clock, the step's clock, reasons).
+
+        Each device's clock in the step comes from its own samples; an entry's clock is its device's.
+        The step's ``clock_mhz`` (and so its ``cycles``) is the mean of the devices' clocks weighted by
+        the time each was busy with top-level layers (the primary device's clock if none was)."""
+        devs = self.devices_in_use
+        clocks = {d: self.sampler.clock_between(t0, t1, d) for d in devs}
+        busy = dict.fromkeys(devs, 0.0)
+        for ms, l, d in zip(layer_ms, self.layers, self._entry_clock_device):
+            if ms is not None and l.parent is None:
+                busy[d] += ms
+        reasons = dict.fromkeys(throttle)
+        per: dict[str, Any] = {}
+        for d in devs:
+            mhz, n, r = clocks[d]
+            reasons.update(dict.fromkeys(r))
+            per[d] = {"clock_mhz": None if mhz is None else round(mhz, 1), "clock_samples": n,
+                      "throttle_reasons": r, "busy_ms": round(busy[d], 5)}
+        weight = sum(busy[d] for d in devs if clocks[d][0])
+        if weight > 0:
+            step_mhz = sum(busy[d] * clocks[d][0] for d in devs if clocks[d][0]) / weight
+        else:
+            step_mhz = clocks[devs[0]][0] if clocks[devs[0]][0] else primary_mhz
+        layer_clock = [clocks[d][0] for d in self._entry_clock_device]
+        return per, layer_clock, step_mhz, list(reasons)
 
     def _note_nested(self, index: int, nested: list[int]) -> None:
         """Say once per layer that its calls ran inside other layers (their time is in those moments)."""
