@@ -233,6 +233,8 @@ def test_offloaded_layers_are_marked_and_their_load_time_recorded(tmp_path):
         model.generate(torch.tensor(W.IDS), max_new_tokens=3, do_sample=False)
     assert mon.device.type == "cpu"
     recs = _records(path)
+    rec = load(path)  # the checked reader keeps every step (load_ms[] included)
+    assert rec.skipped == 0 and len(rec.steps) == len(_steps(recs))
     h = recs[0]
     assert "dist" not in h  # one process
     assert h["sharding"]["engine"] == "accelerate-device-map" and "disk" in h["sharding"]["offload"]
@@ -425,3 +427,15 @@ def test_parallel_layout_from_a_mesh_like_object():
     assert (layout["tp"], layout["pp"], layout["dp"]) == (2, 2, 1)
     assert (layout["tp_rank"], layout["pp_rank"], layout["dp_rank"]) == (1, 1, 0)
     assert math.isclose(layout["mesh"]["tp"], 2)
+
+
+@needs_ranks
+def test_every_sharded_recording_reads_back_whole(sharded, tmp_path):
+    """The checked reader keeps every step of the tp and pp files (comm_ms, pipeline_ms, ...): the
+    offline analysis sees what the ranks wrote."""
+    for sub, stem in (("tp", "run"), ("pp", "sublayers")):
+        for rank in (0, 1):
+            path = sharded["dir"] / sub / f"{stem}.rank{rank}.jsonl"
+            rec = load(path)
+            assert rec.skipped == 0 and rec.warnings == [], (path.name, rec.warnings)
+            assert len(rec.steps) == len(_steps(_records(path))) > 0

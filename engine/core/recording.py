@@ -184,10 +184,15 @@ def _fields_problem(obj: dict[str, Any]) -> str | None:
     for key, v in obj.items():
         if v is None:
             continue
-        if key.endswith(_NUMERIC_SUFFIXES) and not (type(v) is list and (key.startswith("layer_") or key == "comm_ms")):
-            problem = _num_problem(key, v, lo=None, hi=MAX_T_NS if key.endswith("_ns") else MAX_NUMBER)
-            if problem:
-                return problem
+        if key.endswith(_NUMERIC_SUFFIXES) and not (type(v) is list and (key.startswith("layer_")
+                                                                          or key in _STEP_LAYER_ARRAYS)):
+            hi = MAX_T_NS if key.endswith("_ns") else MAX_NUMBER
+            # a unit-named map (pipeline_ms: {recv, send, broadcast}) holds numbers of that unit
+            values = v.items() if type(v) is dict else ((key, v),)
+            for sub, x in values:
+                problem = _num_problem(key if sub == key else f"{key}.{str(sub)[:20]}", x, lo=None, hi=hi)
+                if problem:
+                    return problem
         elif key in _TEXT_KEYS and type(v) is not str:
             return f"{key} is {type(v).__name__}, not text"
     return None
