@@ -381,11 +381,15 @@ def test_span_timer_counts_to_the_innermost_open_entry_and_its_ancestors(kind):
         own, outside = t.resolve(t.end_step())
         total = WT.inclusive(own, [None, 0, 0, None])
         ms = [v / 1e6 for v in total]
-        tol = 0.01 if kind == "cuda" else 3.0
-        assert ms[1] == pytest.approx(4.0, abs=tol)
-        assert ms[0] == pytest.approx(6.0, abs=2 * tol)  # the block holds its child's wait and its own
+        if kind == "cuda":  # fake events: exact
+            assert ms[1] == pytest.approx(4.0, abs=0.01)
+            assert ms[0] == pytest.approx(6.0, abs=0.02)  # the block holds its child's wait and its own
+            assert outside / 1e6 == pytest.approx(1.0, abs=0.01)
+        else:  # real sleeps: never shorter than asked, late by however busy the machine is
+            assert 4.0 <= ms[1] < 4.0 + 50
+            assert ms[0] - ms[1] >= 2.0 and ms[0] - ms[1] < 2.0 + 50  # its child's wait and its own
+            assert 1.0 <= outside / 1e6 < 1.0 + 50
         assert ms[2] == 0 and ms[3] == 0
-        assert outside / 1e6 == pytest.approx(1.0, abs=tol)
     if kind == "cuda":
         assert len(made) == 6 and t.frames_created == 1  # a pool: no new event after warm-up
         assert made[-1].synced >= 1  # resolve waited for the step's last event only

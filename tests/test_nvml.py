@@ -354,3 +354,138 @@ def test_one_of_two_gpus_lost_leaves_the_other():
     assert src.status.startswith("cuda:1: GPU lost")
     src.close()
     assert fake.shutdowns == 1
+
+
+# -- driver-buffered clock samples, PCIe and NVLink (issue #10, item 6) ---------------------------------
+
+
+NotFound = _err("NVMLError_NotFound", 6)
+
+
+class BufferedNvml(FakeNvml):
+    """nvmlDeviceGetSamples over a scripted buffer of (wall µs, MHz); PCIe and NVLink counters."""
+
+    NVMLError_NotFound = NotFound
+    NVML_PROCESSOR_CLK_SAMPLES = 5
+    NVML_PCIE_UTIL_TX_BYTES = 0
+    NVML_PCIE_UTIL_RX_BYTES = 1
+
+    def __init__(self, buffer=None, supported: bool = True) -> None:
+        super().__init__()
+        self.buffer = list(buffer or [])
+        self.supported = supported
+        self.asked: list[int] = []
+        self.nvlink = {138: 1_000, 139: 5_000}   # KiB counters
+        self.nvlink_return = 0
+        self.field_ts_us = 1_000_000
+
+    def nvmlDeviceGetSamples(self, h, kind, last_seen):
+        self._hit("nvmlDeviceGetSamples")
+        assert kind == 5
+        self.asked.append(last_seen)
+        if not self.supported:
+            raise NotSupported()
+        new = [SimpleNamespace(timeStamp=ts, sampleValue=SimpleNamespace(uiVal=mhz))
+               for ts, mhz in self.buffer if ts > last_seen]
+        if not new:
+            raise NotFound()
+        return 1, new   # NVML_VALUE_TYPE_UNSIGNED_INT
+
+    def nvmlDeviceGetPcieThroughput(self, h, counter):
+        self._hit("nvmlDeviceGetPcieThroughput")
+        return {0: 1200, 1: 34000}[counter]
+
+    def nvmlDeviceGetFieldValues(self, h, ids):
+        self._hit("nvmlDeviceGetFieldValues")
+        return [SimpleNamespace(fieldId=i, nvmlReturn=self.nvlink_return, valueType=3, timestamp=self.field_ts_us,
+                                value=SimpleNamespace(ullVal=self.nvlink[i])) for i in ids]
+
+
+def _now_us() -> int:
+    import time
+
+    return time.time_ns() // 1000
+
+
+def test_buffered_clock_samples_are_put_on_perf_counter_time():
+    import time
+
+    now = _now_us()
+    fake = BufferedNvml([(now - 3000, 1410), (now - 2000, 1500), (now - 1000, 1600)])
+    dev = open_device(binding=fake)
+    before = time.perf_counter_ns()
+    got = dev.read_clock_samples()
+    after = time.perf_counter_ns()
+    assert dev.buffered is True and dev.buffer_time == "wall"
+    assert [mhz for _, mhz in got] == [1410.0, 1500.0, 1600.0]
+    # 1 ms apart, ending about 1 ms before the read, on the perf_counter clock
+    assert [got[i + 1][0] - got[i][0] for i in range(2)] == [1_000_000, 1_000_000]
+    assert before - 1_000_000 - 5_000_000 < got[-1][0] < after
+    # the next read asks only for what is newer; nothing new is an empty list, not an error
+    assert dev.read_clock_samples() == [] and fake.asked[-1] == now - 1000
+    fake.buffer.append((now + 500, 1700))
+    assert [mhz for _, mhz in dev.read_clock_samples()] == [1700.0]
+    assert dev.status is None and dev.latency_ns["nvmlDeviceGetSamples"]
+
+
+def test_buffered_samples_unsupported_fall_back_to_polling_said_once():
+    fake = BufferedNvml(supported=False)
+    dev = open_device(binding=fake)
+    assert dev.read_clock_samples() is None
+    assert dev.buffered is False and "does not buffer clock samples" in dev.buffered_reason
+    for _ in range(3):
+        assert dev.read_clock_samples() is None
+    assert fake.calls["nvmlDeviceGetSamples"] == 1      # not asked again
+    assert dev.read_clocks()["sm_clock_mhz"] == 1980      # polling carries on
+    assert dev.status is None
+
+
+def test_a_binding_without_get_samples_is_not_buffered():
+    dev = open_device(binding=FakeNvml())
+    assert dev.read_clock_samples() is None and dev.buffered is False
+    assert "nvmlDeviceGetSamples" in dev.buffered_reason
+
+
+def test_a_driver_clock_that_is_not_the_wall_clock_is_aligned_by_its_newest_sample():
+    import time
+
+    fake = BufferedNvml([(5_000, 1400), (6_000, 1450)])   # µs since boot, say
+    dev = open_device(binding=fake)
+    got = dev.read_clock_samples()
+    assert dev.buffer_time == "estimated"
+    assert abs(got[-1][0] - time.perf_counter_ns()) < 1e9 and got[1][0] - got[0][0] == 1_000_000
+
+
+def test_buffered_samples_when_the_gpu_is_lost():
+    now = _now_us()
+    fake = BufferedNvml([(now - 1000, 1500)])
+    dev = open_device(binding=fake)
+    assert dev.read_clock_samples()
+    fake.lost = True
+    assert dev.read_clock_samples() is None
+    assert dev.status.startswith("GPU lost")
+    assert dev.read_links() == {"pcie_tx_kbps": None, "pcie_rx_kbps": None, "nvlink_tx_kbps": None,
+                                "nvlink_rx_kbps": None}
+
+
+def test_pcie_and_nvlink_throughput():
+    fake = BufferedNvml()
+    dev = open_device(binding=fake)
+    first = dev.read_links()
+    assert first == {"pcie_tx_kbps": 1200, "pcie_rx_kbps": 34000, "nvlink_tx_kbps": None, "nvlink_rx_kbps": None}
+    fake.nvlink = {138: 2_000, 139: 5_000}             # +1000 KiB TX in 0.5 s
+    fake.field_ts_us += 500_000
+    second = dev.read_links()
+    assert second["nvlink_tx_kbps"] == pytest.approx(2048.0) and second["nvlink_rx_kbps"] == 0.0
+
+
+def test_no_pcie_no_nvlink_is_null_and_not_asked_again():
+    fake = BufferedNvml()
+    fake.not_supported = {"nvmlDeviceGetPcieThroughput"}
+    fake.nvlink_return = 3   # NVML_ERROR_NOT_SUPPORTED for the field: no NVLink on this GPU
+    dev = open_device(binding=fake)
+    for _ in range(3):
+        out = dev.read_links()
+    assert out == {"pcie_tx_kbps": None, "pcie_rx_kbps": None, "nvlink_tx_kbps": None, "nvlink_rx_kbps": None}
+    assert fake.calls["nvmlDeviceGetFieldValues"] == 1
+    assert fake.calls["nvmlDeviceGetPcieThroughput"] == 2   # TX and RX, once each

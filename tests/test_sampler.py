@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from llm_moments.engine.core import sampler as sampler_mod
+from llm_moments.engine.core import clocks as clocks_mod
 from llm_moments.engine.core.nvml import NvmlUnavailable
 from llm_moments.engine.core.sampler import CpuClockSource, Sampler, make_clock_source
 
@@ -71,7 +71,7 @@ def test_cpufreq_is_live(tmp_path):
 
 
 def test_cpu_unavailable(tmp_path, monkeypatch):
-    monkeypatch.setattr(sampler_mod, "_psutil_freq", lambda: None)
+    monkeypatch.setattr(clocks_mod, "_psutil_freq", lambda: None)
     src = CpuClockSource(proc_root=str(tmp_path / "none"), sys_root=str(tmp_path / "none"))
     assert src.name == "unavailable"
     assert src.read_fast() == {"cpu_clock_mhz": None, "clock_mhz": None}
@@ -79,7 +79,7 @@ def test_cpu_unavailable(tmp_path, monkeypatch):
 
 
 def test_cpu_psutil_fallback(tmp_path, monkeypatch):
-    monkeypatch.setattr(sampler_mod, "_psutil_freq", lambda: 3200.0)
+    monkeypatch.setattr(clocks_mod, "_psutil_freq", lambda: 3200.0)
     src = CpuClockSource(proc_root=str(tmp_path / "none"), sys_root=str(tmp_path / "none"))
     assert src.name == "cpu-nominal"
     assert src.read_fast()["clock_mhz"] == 3200.0
@@ -99,8 +99,8 @@ def test_make_clock_source_cuda_without_nvml(monkeypatch):
     def unavailable(index=0, uuid=None, binding=None):
         raise NvmlUnavailable("NVML not available: the NVIDIA driver is not loaded (test)")
 
-    monkeypatch.setattr(sampler_mod, "open_device", unavailable)
-    monkeypatch.setattr(sampler_mod, "_cuda_uuid", lambda index: None)
+    monkeypatch.setattr(clocks_mod, "open_device", unavailable)
+    monkeypatch.setattr(clocks_mod, "_cuda_uuid", lambda index: None)
     src = make_clock_source("cuda:0")
     assert src.name == "unavailable"
     assert src.status == "NVML not available: the NVIDIA driver is not loaded (test)"
@@ -122,8 +122,8 @@ def test_make_clock_source_cuda_uses_uuid(monkeypatch):
         got.update(index=index, uuid=uuid)
         raise NvmlUnavailable("NVML not available: test")
 
-    monkeypatch.setattr(sampler_mod, "open_device", fake_open)
-    monkeypatch.setattr(sampler_mod, "_cuda_uuid", lambda index: "GPU-xyz")
+    monkeypatch.setattr(clocks_mod, "open_device", fake_open)
+    monkeypatch.setattr(clocks_mod, "_cuda_uuid", lambda index: "GPU-xyz")
     make_clock_source("cuda:1")
     assert got == {"index": 1, "uuid": "GPU-xyz"}
 
@@ -353,10 +353,147 @@ def test_make_clock_sources(monkeypatch):
     def no_nvml(index=0, uuid=None, binding=None):
         raise NvmlUnavailable("NVML not available: test")
 
-    monkeypatch.setattr(sampler_mod, "open_device", no_nvml)
+    monkeypatch.setattr(clocks_mod, "open_device", no_nvml)
     one = make_clock_sources(["cuda:0"])
     assert not isinstance(one, MultiClockSource) and one.name == "unavailable"
     two = make_clock_sources(["cuda:0", "cuda:1", "cuda:1"])
     assert isinstance(two, MultiClockSource) and two.devices == ["cuda:0", "cuda:1"]
     assert two.status == "cuda:0: NVML not available: test"
     assert make_clock_sources(["cpu"]).name in ("cpufreq", "cpu-nominal", "unavailable")
+
+
+# -- driver-buffered clock samples (issue #10, item 6) -------------------------------------------------
+
+
+class BufferSource(ScriptedSource):
+    """A polled clock of 1980 MHz plus driver samples handed over in each fast read (perf ns, MHz)."""
+
+    def __init__(self, batches):
+        super().__init__(clocks=[1980.0])
+        self.batches = list(batches)
+
+    def read_fast(self):
+        fields = super().read_fast()
+        if self.batches:
+            fields[clocks_mod.BUFFER_KEY] = self.batches.pop(0)
+        return fields
+
+
+def test_a_steps_clock_comes_from_the_buffered_samples_inside_it():
+    t0 = 1_000_000
+    ms = 1_000_000
+    # the driver sampled every 10 ms: 1500 MHz during the first 50 ms, 1200 after
+    batch = [(t0 + i * 10 * ms, 1500.0 if i < 5 else 1200.0) for i in range(10)]
+    s = Sampler(BufferSource([batch]), t0_ns=t0)
+    sample = s._tick(now_ns=t0 + 100 * ms)
+    assert clocks_mod.BUFFER_KEY not in sample and sample["clock_buffered"] == 10
+    assert s.buffered
+    assert s.clock_between(0, 45 * ms) == (1500.0, 0, [])             # five buffered samples inside
+    assert s.buffered_between(0, 45 * ms) == (1500.0, 5)
+    assert s.clock_between(48 * ms, 95 * ms)[0] == 1200.0
+    assert s.clock_between(0, 95 * ms)[0] == pytest.approx(1350.0)
+    # no buffered sample inside: the polled clock, as before
+    assert s.clock_between(200 * ms, 300 * ms) == (1980.0, 0, [])
+    # repeated or older samples are never counted twice
+    s2 = Sampler(BufferSource([batch, batch[-3:]]), t0_ns=t0)
+    s2._tick(now_ns=t0 + 100 * ms)
+    s2._tick(now_ns=t0 + 200 * ms)
+    assert s2.buffered_between(0, 10**12)[1] == 10
+
+
+def test_unbuffered_sources_keep_the_polled_clock_and_no_new_fields():
+    s = Sampler(ScriptedSource(clocks=[1000.0]), t0_ns=0)
+    sample = s._tick(now_ns=5)
+    assert "clock_buffered" not in sample and not s.buffered
+    assert s.clock_between(0, 10) == (1000.0, 1, [])
+
+
+def _nvml_source(fake):
+    from llm_moments.engine.core.nvml import open_device
+    from llm_moments.engine.core.sampler import NvmlClockSource
+
+    return NvmlClockSource(open_device(binding=fake))
+
+
+def test_nvml_scenario_buffered_header_and_step_clock():
+    """Fake NVML that buffers: the header says buffered, every step's clock is the driver's (1500 MHz)
+    rather than the polled 1980, and the step records how many driver samples it held."""
+    import torch
+    from test_nvml import BufferedNvml
+    from torch import nn
+
+    from llm_moments.engine.session.monitor import Monitor
+
+    class Driver(BufferedNvml):
+        def nvmlDeviceGetSamples(self, h, kind, last_seen):   # a sample every ms up to now
+            now = time.time_ns() // 1000
+            start = max(last_seen, now - 200_000)
+            self.buffer = [(t, 1500) for t in range(start - start % 1000 + 1000, now, 1000)]
+            return super().nvmlDeviceGetSamples(h, kind, last_seen)
+
+    class Slow(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList(nn.Linear(4, 4) for _ in range(2))
+
+        def forward(self, x):
+            for b in self.blocks:
+                x = b(x)
+                time.sleep(0.02)
+            return x
+
+    source = _nvml_source(Driver())
+    model = Slow()
+    seen: list[dict] = []
+    with Monitor(model, clock_source=source, sample_hz=20, listeners=[seen.append]) as mon:
+        for _ in range(3):
+            model(torch.zeros(1, 4))
+        mon.flush()
+    steps = list(mon.snapshot()["clock_mhz"])
+    assert mon.header["clock"]["buffered"] is True
+    assert len(steps) == 3 and all(c == pytest.approx(1500.0) for c in steps)
+    records = [r for r in seen if r["type"] == "step"]
+    # ~40 ms steps, a driver sample a ms; the newest step may be resolved before the sampler's next
+    # read of the buffer (a tick every 50 ms), so it can hold fewer
+    assert all(r["clock_buffered"] >= 1 for r in records) and max(r["clock_buffered"] for r in records) >= 10
+    source.close()
+
+
+def test_nvml_scenario_not_buffered_polls_and_says_so_once():
+    from test_nvml import BufferedNvml
+
+    fake = BufferedNvml(supported=False)
+    source = _nvml_source(fake)
+    info = source.info()
+    assert info["buffered"] is False and "clock is polled" in info["buffered_reason"]
+    s = Sampler(source, t0_ns=0)
+    for t in (10, 20, 30):
+        sample = s._tick(now_ns=t)
+    assert "clock_buffered" not in sample and sample["clock_mhz"] == 1980
+    assert s.clock_between(0, 40) == (1980.0, 3, ["sw_power_cap", "hw_thermal"])
+    assert fake.calls["nvmlDeviceGetSamples"] == 1
+    assert sample["pcie_tx_kbps"] == 1200 and sample["pcie_rx_kbps"] == 34000
+    source.close()
+
+
+def test_nvml_scenario_gpu_lost_mid_session():
+    from test_nvml import BufferedNvml
+
+    now = time.time_ns() // 1000
+    fake = BufferedNvml([(now - 2000, 1500), (now - 1000, 1500)])
+    source = _nvml_source(fake)
+    source.info()
+    got: list[str] = []
+    s = Sampler(source, on_status=got.append)
+    first = s._tick()
+    assert "clock_buffered" not in first and first["clock_mhz"] == 1980   # the probe took the older samples
+    fake.buffer.append((now + 500, 1400))
+    assert s._tick()["clock_buffered"] == 1
+    fake.lost = True
+    lost = s._tick()
+    assert lost["clock_mhz"] is None and "clock_buffered" not in lost
+    assert lost["pcie_tx_kbps"] is None or lost["pcie_tx_kbps"] == 1200   # links repeat until their next read
+    assert got and got[-1].startswith("GPU lost")
+    # the steps before the loss keep the driver's clock
+    assert s.buffered_between(-10**12, 10**12)[0] == pytest.approx(1400.0)
+    source.close()

@@ -27,6 +27,7 @@ import re
 import secrets
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 
 from llm_moments.engine.core.hooks import is_placeholder
+from llm_moments.engine.core.timing import cuda_devices_in_use
 
 # -- the process world --------------------------------------------------------------------------------
 
@@ -377,10 +379,67 @@ def layer_placement(model: nn.Module, layers: Sequence[Any], default_device: tor
     return out
 
 
+def input_handoffs(layers: Sequence[Any], placement: list[dict[str, Any]]) -> list[str | None]:
+    """Per entry, the GPU its inputs come from when that is another GPU than its own, else None.
+
+    The entry that runs just before an entry is taken to be its previous sibling (same parent; for a
+    top-level entry the previous top-level entry), else its parent: where inputs come from in a model
+    that runs its layers in order, as a ``device_map`` splits it. Absent and synthetic entries do not
+    count. Decided once, from the placement, never per call."""
+    out: list[str | None] = [None] * len(layers)
+    last: dict[int | None, str] = {}
+    for i, (layer, place) in enumerate(zip(layers, placement)):
+        dev = place.get("device")
+        if dev is None or layer.synthetic or not place.get("present", True):
+            continue
+        parent = layer.parent
+        prev = last.get(parent)
+        if prev is None and parent is not None:
+            prev = placement[parent].get("device")
+        last[parent] = dev
+        if prev is not None and prev != dev and prev.startswith("cuda") and dev.startswith("cuda"):
+            out[i] = prev
+    return out
+
+
+@dataclass
+class Split:
+    """How a model is split, decided once when a monitor is built (never per call)."""
+
+    placement: list[dict[str, Any]]   # per layer entry: device, present, comm, offload (+ transfer_in)
+    devices: list[str | None]         # per layer entry: where it computes
+    handoff_from: list[str | None]    # per entry: the GPU its inputs come from, when another GPU
+    engine: str | None                # what split it (sharding_engine), None for a whole model
+    sharded: bool                     # the header lists placement per layer
+
+
+def describe_split(model: nn.Module, layers: Sequence[Any], device: torch.device, world: tuple[int, int] | None,
+                   multi_rank: bool) -> Split:
+    """Placement of every entry; with layers on several GPUs (a device_map) the first layer on each
+    GPU after another carries the inputs' transfer (``transfer_in``): each layer's events go on its
+    own device, its cycles use its own device's clock (timing.MultiCudaTimer, sampler)."""
+    placement = layer_placement(model, layers, device)
+    devices = [p["device"] for p in placement]
+    handoff = input_handoffs(layers, placement)
+    multi_gpu = len(cuda_devices_in_use(devices, device)) > 1
+    if multi_gpu:
+        for place, src in zip(placement, handoff):
+            if src is not None:
+                place["transfer_in"] = True
+    engine = sharding_engine(model, world[1] if world else 1)
+    # Header layers carry device / present / comm / offload only when the model is split (absent:
+    # the header's device, present, no collective, not offloaded).
+    sharded = engine is not None or multi_rank or not all(l.present for l in layers) or multi_gpu
+    return Split(placement, devices, handoff, engine, sharded)
+
+
 __all__ = [
     "STYLE_COMM",
+    "Split",
     "clock_origin",
+    "describe_split",
     "execution_device",
+    "input_handoffs",
     "is_multi_rank",
     "layer_placement",
     "local_numel",

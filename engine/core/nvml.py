@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from time import perf_counter_ns
+from time import perf_counter_ns, time_ns
 from typing import Any
 
 __all__ = ["NvmlUnavailable", "NvmlDevice", "open_device", "decode_reasons", "REASON_BITS"]
@@ -36,7 +36,16 @@ REASON_BITS: tuple[tuple[int, str], ...] = (
 _KNOWN_MASK = sum(bit for bit, _ in REASON_BITS)
 
 # Fallback values from nvml.h for a binding that lacks the constant.
-_DEFAULTS = {"NVML_CLOCK_SM": 1, "NVML_CLOCK_MEM": 2, "NVML_TEMPERATURE_GPU": 0}
+_DEFAULTS = {"NVML_CLOCK_SM": 1, "NVML_CLOCK_MEM": 2, "NVML_TEMPERATURE_GPU": 0,
+             "NVML_PROCESSOR_CLK_SAMPLES": 5, "NVML_PCIE_UTIL_TX_BYTES": 0, "NVML_PCIE_UTIL_RX_BYTES": 1,
+             "NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX": 138, "NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX": 139}
+
+# nvmlValue_t's member for each nvmlValueType_t (a sample's value)
+_VALUE_FIELDS = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
+
+# Buffered samples: a driver timestamp further than this from the wall clock at the read is not the
+# wall clock; then the newest sample is taken to be "now" (``buffer_time: "estimated"``).
+_WALL_SKEW_NS = 60 * 10**9
 
 # Error classes by what they mean for us (names as pynvml generates them from NVML_ERROR_*).
 _UNSUPPORTED = ("NVMLError_NotSupported", "NVMLError_FunctionNotFound", "NVMLError_NoPermission")
@@ -47,6 +56,8 @@ _LOST = {
     "NVMLError_Uninitialized": "NVML was shut down under us (uninitialized)",
     "NVMLError_Unknown": "NVML returned an unknown error",
 }
+_BUFFER_UNSUPPORTED = ("NVMLError_NotSupported", "NVMLError_FunctionNotFound", "NVMLError_NoPermission",
+                       "NVMLError_InvalidArgument")
 _INIT_HINTS = {
     "NVMLError_LibraryNotFound": "libnvidia-ml.so.1 not found: the NVIDIA driver is not installed"
     " or not on the library path",
@@ -88,6 +99,7 @@ _CODES = {
     "NVMLError_DriverNotLoaded": 9, "NVMLError_LibraryNotFound": 12,
     "NVMLError_FunctionNotFound": 13, "NVMLError_GpuIsLost": 15, "NVMLError_ResetRequired": 16,
     "NVMLError_LibRmVersionMismatch": 18, "NVMLError_GpuNotFound": 28, "NVMLError_Unknown": 999,
+    "NVMLError_NotFound": 6, "NVMLError_InvalidArgument": 2,
 }
 
 
@@ -205,6 +217,13 @@ class NvmlDevice:
         self._clock_sm = self._const("NVML_CLOCK_SM")
         self._clock_mem = self._const("NVML_CLOCK_MEM")
         self._temp_gpu = self._const("NVML_TEMPERATURE_GPU")
+        # Driver-buffered SM clock samples (nvmlDeviceGetSamples): None until probed, then True / False.
+        self.buffered: bool | None = None
+        self.buffered_reason: str | None = None   # why not, said once (header clock ``buffered_reason``)
+        self.buffer_time = "wall"                 # "wall": driver µs = wall clock; "estimated": newest = now
+        self._last_seen_us = 0
+        self._nvlink_prev: dict[int, tuple[int, int]] = {}  # field id → (KiB counter, µs)
+        self._nvlink_ok = True
 
     def _const(self, name: str) -> int:
         return getattr(self._nvml, name, _DEFAULTS[name])
@@ -267,6 +286,97 @@ class NvmlDevice:
             "mem_clock_max_mhz": self._call("nvmlDeviceGetMaxClockInfo", self._clock_mem),
             "power_limit_w": None if limit_mw is None else limit_mw / 1000.0,
         }
+
+    def read_clock_samples(self) -> list[tuple[int, float]] | None:
+        """Driver-buffered SM clock samples since the last read, as ``(perf_counter_ns, MHz)`` oldest
+        first; ``[]`` when there are none new; None when the driver does not buffer them (said once in
+        ``buffered_reason``) or the GPU is lost. Never raises.
+
+        The driver stamps samples in µs of the CPU wall clock; they are put on ``perf_counter_ns``
+        with the offset between the two read together at each call (so a wall-clock step between
+        reads is absorbed). A stamp that is no wall-clock time is aligned by its newest sample = now."""
+        if self.buffered is False or self._closed or self.status is not None:
+            return None
+        fn = getattr(self._nvml, "nvmlDeviceGetSamples", None)
+        if fn is None:
+            self.buffered, self.buffered_reason = False, "this nvidia-ml-py has no nvmlDeviceGetSamples"
+            return None
+        kind = self._const("NVML_PROCESSOR_CLK_SAMPLES")
+        t0 = perf_counter_ns()
+        try:
+            vtype, samples = fn(self._handle, kind, self._last_seen_us)
+        except Exception as exc:
+            if _is(self._nvml, exc, ("NVMLError_NotFound",)):  # no sample since the last one: not an error
+                self.buffered = True if self.buffered is None else self.buffered
+                return []
+            if _is(self._nvml, exc, _BUFFER_UNSUPPORTED) or self.buffered is None:
+                self.buffered = False
+                self.buffered_reason = f"the driver does not buffer clock samples here ({exc}); the clock is polled"
+            elif (lost := _is(self._nvml, exc, _LOST)) is not None:
+                self.status = f"GPU lost: {_LOST[lost]} ({exc}); restart once the GPU is back"
+            return None
+        finally:
+            times = self._latency.setdefault("nvmlDeviceGetSamples", deque(maxlen=_LATENCY_KEEP))
+            times.append(perf_counter_ns() - t0)
+        self.buffered = True
+        # the wall clock ↔ perf_counter offset, read together (the midpoint of a perf read pair)
+        a = perf_counter_ns()
+        wall = time_ns()
+        b = perf_counter_ns()
+        now_perf = (a + b) // 2
+        offset = now_perf - wall
+        field = _VALUE_FIELDS.get(int(vtype) if vtype is not None else 1, "uiVal")
+        out: list[tuple[int, float]] = []
+        for smp in samples or ():
+            ts = int(getattr(smp, "timeStamp", 0) or 0)
+            if ts <= self._last_seen_us:
+                continue
+            val = getattr(smp, "sampleValue", None)
+            mhz = getattr(val, field, None) if val is not None else None
+            if mhz is None:
+                continue
+            out.append((ts, float(mhz)))
+        if not out:
+            return []
+        out.sort()
+        newest = out[-1][0]
+        self._last_seen_us = newest
+        if abs(newest * 1000 + offset - now_perf) > _WALL_SKEW_NS:
+            self.buffer_time = "estimated"
+            offset = now_perf - newest * 1000
+        return [(ts * 1000 + offset, mhz) for ts, mhz in out]
+
+    def read_links(self) -> dict[str, Any]:
+        """PCIe and NVLink throughput, KB/s: ``pcie_tx_kbps``, ``pcie_rx_kbps`` (NVML's own 20 ms
+        window), ``nvlink_tx_kbps``, ``nvlink_rx_kbps`` (from the data counters' change since the last
+        read: None on the first). None where NVML does not report it."""
+        tx = self._call("nvmlDeviceGetPcieThroughput", self._const("NVML_PCIE_UTIL_TX_BYTES"))
+        rx = self._call("nvmlDeviceGetPcieThroughput", self._const("NVML_PCIE_UTIL_RX_BYTES"))
+        out: dict[str, Any] = {"pcie_tx_kbps": tx, "pcie_rx_kbps": rx, "nvlink_tx_kbps": None,
+                               "nvlink_rx_kbps": None}
+        if not self._nvlink_ok:
+            return out
+        ids = (self._const("NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX"),
+               self._const("NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX"))
+        values = self._call("nvmlDeviceGetFieldValues", ids)
+        if values is None:
+            if ("nvmlDeviceGetFieldValues", (ids,)) in self._unsupported or self.status is not None:
+                self._nvlink_ok = False
+            return out
+        for key, fid, fv in zip(("nvlink_tx_kbps", "nvlink_rx_kbps"), ids, values):
+            if getattr(fv, "nvmlReturn", 1) != 0:   # this GPU has no NVLink (or no counter): never ask again
+                self._nvlink_ok = False
+                return dict(out, nvlink_tx_kbps=None, nvlink_rx_kbps=None)
+            val = getattr(fv, "value", None)
+            kib = getattr(val, _VALUE_FIELDS.get(getattr(fv, "valueType", 3), "ullVal"), None)
+            ts = int(getattr(fv, "timestamp", 0) or 0) or perf_counter_ns() // 1000
+            if kib is None:
+                continue
+            prev = self._nvlink_prev.get(fid)
+            self._nvlink_prev[fid] = (int(kib), ts)
+            if prev is not None and ts > prev[1] and kib >= prev[0]:
+                out[key] = round((int(kib) - prev[0]) * 1.024 / ((ts - prev[1]) / 1e6), 1)  # KiB → kB
+        return out
 
     def read_clocks(self) -> dict[str, Any]:
         """sm_clock_mhz, mem_clock_mhz (MHz) and throttle_reasons (list of short names)."""

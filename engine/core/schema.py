@@ -62,6 +62,35 @@ class ClockOrigin(TypedDict):
     read_ns: NotRequired[int]        # how long the paired read took (its uncertainty)
 
 
+class OverheadInfo(TypedDict):
+    """Header ``overhead``: the monitor's own cost estimated at start (engine/core/overhead.py)."""
+
+    depth: str
+    hook_pair_us: float | None       # one pre/post hook pair, measured here at start (median of rounds)
+    bare_call_us: NotRequired[float | None]  # the plain call of an nn.Identity, for scale
+    calibration_rounds: NotRequired[int]
+    hooks_per_step: int              # at start: the hooked modules (one pair each per step)
+    worker_us_per_step: float | None  # unknown at start (None): the overhead records measure it
+    step_ms: float | None            # a typical step timed before the session (unhooked warm-up), if any
+    step_kind: NotRequired[str]      # "decode step" | "step"
+    est_pct: float | None            # (hook pair × hooks + worker) / step × 100; None without a step time
+
+
+class OverheadRecord(TypedDict):
+    """``{"type": "overhead"}``: the cost measured while the session runs, every few seconds
+    (``window: "period"``) and once over the whole session before the footer (``"session"``)."""
+
+    type: Literal["overhead"]
+    t_ns: int
+    window: str                      # "period" | "session"
+    steps: int                       # steps in the window
+    hook_pair_us: float | None
+    hooks_per_step: float | None     # hook pairs fired per step: calls + nested calls + the step's root
+    worker_us_per_step: float | None  # the worker thread's CPU time per step (time.thread_time_ns)
+    step_p50_ms: float | None
+    est_pct: float | None
+
+
 class HeaderRecord(TypedDict):
     type: Literal["header"]
     schema: str                      # "moments/1"
@@ -83,6 +112,7 @@ class HeaderRecord(TypedDict):
     dist: NotRequired[DistInfo]
     clock_origin: NotRequired[ClockOrigin]
     sharding: NotRequired[dict[str, Any]]  # {"engine", "device_map"?, "offload"?: ["disk", ...]} when split
+    overhead: NotRequired[OverheadInfo | None]  # the monitor's own cost, estimated at start
 
 
 class DeviceStep(TypedDict):
@@ -114,6 +144,8 @@ class StepRecord(TypedDict):
     layer_nested_calls: NotRequired[list[int]]  # calls that ran inside a layer not their parent (time there)
     layer_start_ms: NotRequired[list[float | None]]
     clock_samples: NotRequired[int]
+    clock_buffered: NotRequired[int]   # driver-buffered clock samples inside the step (NVML), which then
+                                       # set clock_mhz; absent where the driver buffers none (polled clock)
     cycles: NotRequired[int | None]
     unattributed_ms: NotRequired[float | None]
     throttle_reasons: NotRequired[list[str] | None]
@@ -148,6 +180,11 @@ class SampleRecord(TypedDict, total=False):
     cpu_clock_mhz: float | None
     cpu_util_pct: float | None
     process_cpu_pct: float | None
+    pcie_tx_kbps: float | None       # PCIe throughput, KB/s (NVML, read at most once a second)
+    pcie_rx_kbps: float | None
+    nvlink_tx_kbps: float | None     # NVLink data throughput, KB/s, from the counters' change (NVML)
+    nvlink_rx_kbps: float | None
+    clock_buffered: int              # driver-buffered clock samples that came with this read (NVML)
     devices: dict[str, dict[str, Any]]  # several GPUs: every device's fields by device ("cuda:1");
                                         # the top-level fields are the first device's
 
@@ -190,4 +227,5 @@ class OpsRecord(TypedDict):
     ops: list[OpRow]
 
 
-Record = HeaderRecord | StepRecord | SampleRecord | StatusRecord | TextRecord | FooterRecord | OpsRecord
+Record = (HeaderRecord | StepRecord | SampleRecord | StatusRecord | TextRecord | FooterRecord | OpsRecord
+          | OverheadRecord)

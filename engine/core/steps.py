@@ -460,3 +460,11 @@ def add_work_inputs(record: dict[str, Any], kv: Any, heads: list[int | None] | N
         record["kv_len"] = kv_len
     if heads is not None:
         record["head_tokens"] = list(heads)
+
+
+def owned_cache_layers(model: Any, layers: Sequence[Any]) -> list[int] | None:
+    """The cache layers a pipeline stage fills (its present blocks); None when it owns all."""
+    if all(l.present for l in layers):
+        return None
+    _, _, cache_layer = layer_roles(model, layers)
+    return sorted({c for l, c in zip(layers, cache_layer) if c >= 0 and l.present and l.parent is None})

@@ -222,6 +222,10 @@ class _Patch:
 PIPELINE_ENTRY = "(pipeline recv/send)"
 
 
+class PipelineWait(nn.Module):
+    """The module of the synthetic pipeline-wait entry: never called, holds nothing (no work)."""
+
+
 class Instruments:
     """The wrappers a sharded session needs, installed once a monitor's hooks exist; ``close`` removes them.
 
@@ -389,4 +393,4 @@ class Instruments:
         self._patches = []
 
 
-__all__ = ["PIPELINE_ENTRY", "Instruments", "SpanTimer", "inclusive", "innermost_entry"]
+__all__ = ["PIPELINE_ENTRY", "Instruments", "PipelineWait", "SpanTimer", "inclusive", "innermost_entry"]

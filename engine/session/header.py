@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import datetime as _dt
 import platform
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from llm_moments.engine import __version__
+from llm_moments.engine.analysis.stats import Summary
 from llm_moments.engine.core import dist as _dist
 from llm_moments.engine.core.recording import SCHEMA
 from llm_moments.engine.core.work_model import work_header
+from llm_moments.engine.output.text import render_text
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -93,6 +96,9 @@ def build_header(mon: Any, source: Any) -> dict[str, Any]:
         "roof": mon._roof(),
         # a record's wall time = clock_origin.time_ns + t_ns (t_ns counts from perf_counter_ns)
         "clock_origin": dict(mon.clock_origin),
+        # the monitor's own cost estimated at start (engine/core/overhead.py); ``overhead`` records
+        # say what was measured while the session ran
+        "overhead": getattr(mon, "overhead", None),
         **_dist_header(mon),
     }
 
@@ -126,3 +132,13 @@ def _dist_header(mon: Any) -> dict[str, Any]:
         out["dist"] = {**_dist.rank_info(), "layout": _dist.parallel_layout(mon.model, mon.rank, size),
                        "engine": engine, "session": mon.session_id}
     return out
+
+
+@dataclass
+class SessionSummary(Summary):
+    """A session's ``Summary`` that prints as the CLI's table (the header names model and device)."""
+
+    header: dict[str, Any] | None = None
+
+    def __str__(self) -> str:
+        return render_text(self, self.header)

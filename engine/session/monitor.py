@@ -17,79 +17,36 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from llm_moments.engine.analysis.stats import RollingStats, Summary
+from llm_moments.engine.analysis.stats import RollingStats
 from llm_moments.engine.core import dist as _dist
 from llm_moments.engine.core import waits as _waits
 from llm_moments.engine.core.hooks import Layer, StepHooks, find_layers
+from llm_moments.engine.core.overhead import OverheadMeter, header_estimate
 from llm_moments.engine.core.recording import Recorder, RecordingLost, rank_record_path
 from llm_moments.engine.core.roof import machine_roof
-from llm_moments.engine.core.sampler import Sampler, make_clock_source, make_clock_sources
-from llm_moments.engine.core.steps import HeadProbe, StepRule, add_work_inputs, layer_roles
-from llm_moments.engine.core.timing import cuda_devices_in_use, make_timer
+from llm_moments.engine.core.sampler import (
+    MAX_CLOCK_HZ,
+    MAX_UTIL_HZ,
+    Sampler,
+    check_rate_hz,
+    make_clock_source,
+    make_clock_sources,
+)
+from llm_moments.engine.core.steps import HeadProbe, StepRule, add_work_inputs, owned_cache_layers
+from llm_moments.engine.core.timing import make_timer
 from llm_moments.engine.errors import MomentsError
-from llm_moments.engine.output.text import render_text
-from llm_moments.engine.session.header import build_header, default_model_info, model_device
+from llm_moments.engine.session.header import SessionSummary, build_header, default_model_info, model_device
 
 Listener = Callable[[dict[str, Any]], None]
 _STOP = object()
 
 NO_LAYER_TIMING = ("no per-layer timing: steps ran but no layer hook fired "
                    "(CUDA graphs or a compiled model replay skip Python hooks)")
-
-
-MIN_RATE_HZ = 0.1     # one sample every 10 s; lower rates would hold nothing up but the first sample
-MAX_SAMPLE_HZ = 20.0  # NVML serializes calls (design §6)
-MAX_UTIL_HZ = 10.0
-
-
-def _check_rate(name: str, flag: str, value: Any, limit: float) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and MIN_RATE_HZ <= value <= limit
-    if not ok:  # NaN fails every comparison
-        raise MomentsError(f"{flag} ({name}) must be from {MIN_RATE_HZ:g} to {limit:g} samples per second, "
-                           f"not {value!r}")
-
-
-def _handoffs(layers: list[Layer], placement: list[dict[str, Any]]) -> list[str | None]:
-    """Per entry, the GPU its inputs come from when that is another GPU than its own, else None.
-
-    The entry that runs just before an entry is taken to be its previous sibling (same parent; for a
-    top-level entry the previous top-level entry), else its parent: where inputs come from in a model
-    that runs its layers in order, as a ``device_map`` splits it. Absent and synthetic entries do not
-    count. Decided once, from the placement, never per call."""
-    out: list[str | None] = [None] * len(layers)
-    last: dict[int | None, str] = {}
-    for i, (layer, place) in enumerate(zip(layers, placement)):
-        dev = place.get("device")
-        if dev is None or layer.synthetic or not place.get("present", True):
-            continue
-        parent = layer.parent
-        prev = last.get(parent)
-        if prev is None and parent is not None:
-            prev = placement[parent].get("device")
-        last[parent] = dev
-        if prev is not None and prev != dev and prev.startswith("cuda") and dev.startswith("cuda"):
-            out[i] = prev
-    return out
-
-
-class _PipelineWait(nn.Module):
-    """The module of the synthetic pipeline-wait entry: never called, holds nothing (no work)."""
-
-
-@dataclass
-class SessionSummary(Summary):
-    """A session's ``Summary`` that prints as the CLI's table (the header names model and device)."""
-
-    header: dict[str, Any] | None = None
-
-    def __str__(self) -> str:
-        return render_text(self, self.header)
 
 
 class Monitor:
@@ -108,10 +65,11 @@ class Monitor:
                  clock_source: Any = None, sample_hz: float = 10.0, util_hz: float = 5.0,
                  model_info: dict[str, Any] | None = None, run_info: dict[str, Any] | None = None,
                  record_text: bool = True, window_steps: int = 8192, roof: dict[str, Any] | bool | None = None,
-                 listeners: list[Listener] | tuple[Listener, ...] = (), overwrite: bool = False):
+                 listeners: list[Listener] | tuple[Listener, ...] = (), overwrite: bool = False,
+                 step_ms_hint: float | None = None):
         # Every argument is checked before anything is built, attached or opened.
-        _check_rate("sample_hz", "--sample-hz", sample_hz, MAX_SAMPLE_HZ)
-        _check_rate("util_hz", "--util-hz", util_hz, MAX_UTIL_HZ)
+        check_rate_hz("sample_hz", "--sample-hz", sample_hz, MAX_CLOCK_HZ)
+        check_rate_hz("util_hz", "--util-hz", util_hz, MAX_UTIL_HZ)
         if isinstance(window_steps, bool) or not isinstance(window_steps, int) or window_steps < 1:
             raise MomentsError(f"window_steps must be a whole number of at least 1, not {window_steps!r}")
         self.overwrite = bool(overwrite)
@@ -126,24 +84,11 @@ class Monitor:
         if getattr(model, "_pp_stage", None) is not None:
             # The pipeline's send / receive / broadcast waits: a top-level row of their own, timed
             # around the stage's communication (they run at model level, outside every layer).
-            self.layers.append(Layer(_waits.PIPELINE_ENTRY, _PipelineWait(), None, synthetic=True,
+            self.layers.append(Layer(_waits.PIPELINE_ENTRY, _waits.PipelineWait(), None, synthetic=True,
                                      comm="p2p+broadcast"))
-        self.placement = _dist.layer_placement(model, self.layers, self.device)
-        # Layers on several GPUs (a device_map): each layer's events go on its own device (timing.py's
-        # MultiCudaTimer), its cycles use its own device's clock, and the first layer on each device
-        # after another GPU carries the inputs' transfer (header layers[i].transfer_in).
-        self.layer_devices = [p["device"] for p in self.placement]
-        self.handoff_from = _handoffs(self.layers, self.placement)
-        multi_gpu = len(cuda_devices_in_use(self.layer_devices, self.device)) > 1
-        if multi_gpu:
-            for place, src in zip(self.placement, self.handoff_from):
-                if src is not None:
-                    place["transfer_in"] = True
-        self.engine = _dist.sharding_engine(model, self.world[1] if self.world else 1)
-        # Header layers carry device / present / comm / offload only when the model is split (absent:
-        # the header's device, present, no collective, not offloaded).
-        self.sharded = (self.engine is not None or self.multi_rank or not all(l.present for l in self.layers)
-                        or multi_gpu)
+        split = _dist.describe_split(model, self.layers, self.device, self.world, self.multi_rank)
+        self.placement, self.layer_devices, self.handoff_from = split.placement, split.devices, split.handoff_from
+        self.engine, self.sharded = split.engine, split.sharded
         if record is not None and self.multi_rank:
             record = rank_record_path(record, self.rank)  # never two writers on one file
         self.model_info = model_info or default_model_info(model)
@@ -171,6 +116,12 @@ class Monitor:
         self.recording_lost: str | None = None  # set when a write error stopped the recording
         self._nested_seen: set[int] = set()  # layers already reported as running inside others
         self._inst: _waits.Instruments | None = None  # wait timers of a sharded session (start)
+        # The monitor's own cost (engine/core/overhead.py): estimated at start (header ``overhead``),
+        # measured while it runs (``overhead`` records). ``step_ms_hint``: a typical step (ms) timed
+        # before the session (the unhooked warm-up), so the estimate is a share of a step at once.
+        self.step_ms_hint = step_ms_hint if isinstance(step_ms_hint, (int, float)) and step_ms_hint > 0 else None
+        self.overhead: dict[str, Any] | None = None
+        self._meter: OverheadMeter | None = None
 
     # -- life cycle -------------------------------------------------------------------------------
     def add_listener(self, fn: Listener) -> None:
@@ -194,6 +145,9 @@ class Monitor:
         per_device = multi and set(self.devices_in_use) <= set(getattr(source, "devices", None) or ())
         self._entry_clock_device = list(getattr(self.timer, "entry_devices", None) or []) if per_device else None
         self.clock_source = source
+        # before the sampler starts: a quieter ~50 ms
+        self.overhead = header_estimate(self.device, self.layers, self.depth, self.generative, self.step_ms_hint)
+        self._meter = OverheadMeter(self.overhead.get("hook_pair_us"))
         self.sampler = Sampler(source, clock_hz=self.sample_hz, util_hz=self.util_hz,
                                on_sample=self._queue.put, on_status=self._status, t0_ns=self.t0_ns)
         self.header = build_header(self, source)
@@ -207,7 +161,7 @@ class Monitor:
         self._open_step: tuple | None = None
         # Step kind, past and attended keys from the cache's python state; head positions from shapes
         # (engine/core/steps.py). No tensor is read on the hot path.
-        self._step_rule = StepRule(self.generative, owned=self._owned_cache_layers())
+        self._step_rule = StepRule(self.generative, owned=owned_cache_layers(self.model, self.layers))
         self._head_probe = HeadProbe(self.model, self.layers)
         self.hooks = StepHooks(self.model, self.layers, self.timer, self._on_step_begin, self._on_step_end)
         self.hooks.attach()
@@ -221,13 +175,6 @@ class Monitor:
         except Exception as exc:  # a bonus: never a reason to fail a session
             self._status(f"no collective / weight-load timing: {type(exc).__name__}: {exc}")
         return self
-
-    def _owned_cache_layers(self) -> list[int] | None:
-        """The cache layers this pipeline stage fills (its present blocks); None when it owns all."""
-        if all(l.present for l in self.layers):
-            return None
-        _, _, cache_layer = layer_roles(self.model, self.layers)
-        return sorted({c for l, c in zip(self.layers, cache_layer) if c >= 0 and l.present and l.parent is None})
 
     def _session_id(self) -> str:
         """One id for every rank of the world, exchanged once here (never on the hot path)."""
@@ -315,6 +262,7 @@ class Monitor:
         running = True
         while running:
             batch = [self._queue.get()]
+            cpu0 = time.thread_time_ns()  # the worker's own CPU: counted as the monitor's cost
             while True:
                 try:
                     batch.append(self._queue.get_nowait())
@@ -330,6 +278,12 @@ class Monitor:
                     self.recorder.flush()  # once per batch: samples too are on disk
                 except RecordingLost as exc:
                     self._recording_lost(exc)
+            meter = self._meter
+            if meter is not None:
+                meter.worker_cpu(time.thread_time_ns() - cpu0)
+                now = time.perf_counter_ns()
+                if running and meter.due(now):
+                    self._handle(meter.record(now - self.t0_ns, now))
             if running:
                 time.sleep(self.WORKER_INTERVAL_S)
         if self.recorder is not None:
@@ -346,6 +300,9 @@ class Monitor:
                 record = item
                 if record.get("type") == "footer":
                     record["steps"] = self.steps_recorded
+                    final = self._meter.final(record["t_ns"]) if self._meter is not None else None
+                    if final is not None:  # the whole session's measured cost, just before the footer
+                        self._emit(final)
             self._emit(record)
         except Exception as exc:  # the worker must outlive a bad step: report, carry on
             self._status(f"monitor error: {type(exc).__name__}: {exc}")
@@ -367,7 +324,9 @@ class Monitor:
                 self._status(NO_LAYER_TIMING)
         per_device = None
         if self._entry_clock_device:  # several GPUs: each layer's cycles at its own device's clock
-            per_device, layer_clock, clock_mhz, throttle = self._device_clocks(t0, t1, layer_ms, clock_mhz, throttle)
+            per_device, layer_clock, clock_mhz, throttle = self.sampler.device_clocks(
+                t0, t1, self.devices_in_use, self._entry_clock_device,
+                [ms if l.parent is None else None for ms, l in zip(layer_ms, self.layers)], clock_mhz, throttle)
             cycles = [None if ms is None or not c else int(ms * c * 1e3) for ms, c in zip(layer_ms, layer_clock)]
         elif clock_mhz:
             cycles = [None if ms is None else int(ms * clock_mhz * 1e3) for ms in layer_ms]
@@ -393,6 +352,8 @@ class Monitor:
             "throttle_reasons": throttle,
             "hooks_fired": fired,
         }
+        if self.sampler.buffered:  # the driver's buffered clock samples inside the step set its clock
+            record["clock_buffered"] = self.sampler.buffered_between(t0, t1)[1]
         if per_device is not None:
             record["layer_clock_mhz"] = [None if ms is None or c is None else round(c, 1)
                                          for ms, c in zip(layer_ms, layer_clock)]
@@ -404,34 +365,6 @@ class Monitor:
             self._inst.add_to_record(record, waits, done.calls, layer_ms, [l.parent for l in self.layers],
                                      self.placement)
         return record
-
-    def _device_clocks(self, t0: int, t1: int, layer_ms: list[float | None], primary_mhz: float | None,
-                       throttle: list[str]) -> tuple[dict[str, Any], list[float | None], float | None, list[str]]:
-        """Several GPUs: (``devices`` of the step record, each entry's clock, the step's clock, reasons).
-
-        Each device's clock in the step comes from its own samples; an entry's clock is its device's.
-        The step's ``clock_mhz`` (and so its ``cycles``) is the mean of the devices' clocks weighted by
-        the time each was busy with top-level layers (the primary device's clock if none was)."""
-        devs = self.devices_in_use
-        clocks = {d: self.sampler.clock_between(t0, t1, d) for d in devs}
-        busy = dict.fromkeys(devs, 0.0)
-        for ms, l, d in zip(layer_ms, self.layers, self._entry_clock_device):
-            if ms is not None and l.parent is None:
-                busy[d] += ms
-        reasons = dict.fromkeys(throttle)
-        per: dict[str, Any] = {}
-        for d in devs:
-            mhz, n, r = clocks[d]
-            reasons.update(dict.fromkeys(r))
-            per[d] = {"clock_mhz": None if mhz is None else round(mhz, 1), "clock_samples": n,
-                      "throttle_reasons": r, "busy_ms": round(busy[d], 5)}
-        weight = sum(busy[d] for d in devs if clocks[d][0])
-        if weight > 0:
-            step_mhz = sum(busy[d] * clocks[d][0] for d in devs if clocks[d][0]) / weight
-        else:
-            step_mhz = clocks[devs[0]][0] if clocks[devs[0]][0] else primary_mhz
-        layer_clock = [clocks[d][0] for d in self._entry_clock_device]
-        return per, layer_clock, step_mhz, list(reasons)
 
     def _note_nested(self, index: int, nested: list[int]) -> None:
         """Say once per layer that its calls ran inside other layers (their time is in those moments)."""
@@ -485,6 +418,8 @@ class Monitor:
             with self._stats_lock:
                 self.stats.add(record)
             self.steps_recorded += 1
+            if self._meter is not None:
+                self._meter.step(record)
         if self.recorder is not None and not self.recorder.closed:
             try:
                 # Every step is on disk before any listener (the UI) sees it: a killed process
