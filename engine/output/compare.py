@@ -91,6 +91,26 @@ def _table(rows: list[list[str]]) -> list[str]:
     return out
 
 
+def _rule_lines(rule: dict[str, Any]) -> list[str]:
+    """The notes: how the ratio, its interval and the verdict were made, with this run's numbers."""
+    if not rule:
+        return ["ratio < 1: faster than the baseline."]
+    m = rule.get("margin") or 0.0
+    conf = ", ".join(f"{visible(label)} {rows} rows at {c * 100:.2f} % (a verdict needs ≥ "
+                     f"{rule.get('min_rounds', {}).get(label)} rounds)"
+                     for label, rows in (rule.get("rows") or {}).items()
+                     if (c := (rule.get("row_confidence") or {}).get(label)) is not None)
+    return [
+        "ratio < 1: faster than the baseline. Ratio: the median over rounds of (variant / baseline), each side's "
+        "value in a round the median of its steps there (paired by round: drift between rounds cancels).",
+        f"Interval: the sign-test interval of that median (distribution-free), widened for the family so that a "
+        f"compare of identical variants flags any row with at most {(1 - rule.get('family_confidence', 0.95)) * 100:g} "
+        f"% chance: {conf or 'no rows'}.",
+        f"Verdict: faster when the whole interval is below {1 - m:g}, slower when above {1 + m:g} (margin "
+        f"{m * 100:g} %, --margin), else within-noise.",
+    ]
+
+
 def render_compare_text(result: Any) -> str:
     d = result.to_dict()
     labels: list[str] = d["variants"]
@@ -112,7 +132,7 @@ def render_compare_text(result: Any) -> str:
     for kind, k in d["by_kind"].items():
         lines.append("")
         lines.append(visible(f"{kind} steps — p50 ms per layer; for each variant its p50 and the ratio to {base} "
-                             "with its 95 % bootstrap interval (per-round medians)"))
+                             "(median of per-round ratios) with its interval (see the rule below)"))
         head = ["layer", f"{base} p50", "p99", "cycles"]
         for label in labels[1:]:
             head += [f"{label} p50", f"{label} / {base}"]
@@ -137,5 +157,5 @@ def render_compare_text(result: Any) -> str:
                 f"{label} {r:.3f} ({(k['step'].get(label) or {}).get('verdict_clock_normalized')})"
                 for label, r in norm)))
     lines.append("")
-    lines.append("ratio < 1: faster than the baseline; 'within-noise': the 95 % interval holds 1.")
+    lines += _rule_lines(d.get("rule") or {})
     return "\n".join(lines) + "\n"

@@ -250,6 +250,7 @@ class CompareSession:
         header["model"] = dict(self.loaded.info)
         header["run"] = {**(header.get("run") or {}), "rounds": self.args.rounds}
         header["compare"] = {"baseline": self.baseline, "rounds": self.args.rounds,
+                             "margin": getattr(self.args, "margin", 0.02),
                              "order": "ABAB/BABA: baseline-first order on even rounds, reversed on odd rounds"}
         header["variants"] = [self.variant_info(v) for v in self.variants]
         self.header = header

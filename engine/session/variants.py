@@ -47,6 +47,9 @@ def add_compare_options(p: argparse.ArgumentParser) -> None:
                         "--variant 'int8: --quantize int8-dynamic'")
     g.add_argument("--rounds", type=int, default=24,
                    help="rounds; each runs every variant once on the same texts, order alternated (default 24)")
+    g.add_argument("--margin", type=float, default=0.02,
+                   help="practical-equivalence margin: a row is called faster / slower only when its whole "
+                        "interval lies below 1 - MARGIN / above 1 + MARGIN (default 0.02; 0 to 0.5)")
 
 
 class _VariantParser(argparse.ArgumentParser):
@@ -158,6 +161,9 @@ def check_compare_options(args: argparse.Namespace) -> tuple[list[str], list[Var
         raise MomentsError("--steps: a compare runs --rounds rounds (each variant once per round, on the same texts)")
     if not 1 <= args.rounds <= MAX_ROUNDS:
         raise MomentsError(f"--rounds must be from 1 to {MAX_ROUNDS:,}, not {args.rounds}")
+    margin = getattr(args, "margin", 0.02)
+    if not 0 <= margin <= 0.5:  # NaN fails too
+        raise MomentsError(f"--margin must be from 0 to 0.5 (a fraction: 0.02 is 2 %), not {margin}")
     specs = args.variant or []
     if len(specs) < 2:
         raise MomentsError("give at least two --variant 'LABEL: OPTIONS' (the first is the baseline)")
