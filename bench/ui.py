@@ -12,6 +12,7 @@
 3. The UI process's CPU share while it shows the live session.
 
     .venv/bin/python bench/ui.py [--quick] [--json FILE]
+    .venv/bin/python bench/ui.py --ranks 8 [--seconds 4]    # the merged view: 8 ranks × 300 layers only
 """
 
 from __future__ import annotations
@@ -101,6 +102,114 @@ async def measure_frames(seconds: float, refresh_hz: float, size: tuple[int, int
             "steps_per_s": source.steps_per_s, "frames_per_s": frames / wall,
             "ui_cpu_ms_per_frame": cpu / max(frames, 1) * 1e3, "sustainable_fps": frames / cpu if cpu else float("inf"),
             "table_lines_rendered_per_frame": rendered / max(frames, 1)}
+
+
+# -- 1b. the merged view of several ranks --------------------------------------------------------------
+class SyntheticRankSource(_Buffered):
+    """``ranks`` ranks of ``n_layers`` layers, each at ``steps_per_s``, tagged with ``rank`` as the
+    launcher tags them; rank 3 computes some layers 30 % slower, the others wait for it (comm_ms)."""
+
+    mode, can_record, can_seek = "live", False, False
+    primary_rank = 0
+
+    def __init__(self, ranks: int = 8, n_layers: int = 300, steps_per_s: float = 100.0):
+        super().__init__()
+        self.ranks, self.n_layers, self.steps_per_s = ranks, n_layers, steps_per_s
+        self.rng = np.random.default_rng(0)
+        self.base = self.rng.uniform(0.02, 2.0, n_layers)
+        self.slow = self.rng.random(n_layers) < 0.1
+        self.t0 = time.perf_counter()
+        self.made = 0
+        layers = [{"name": f"model.layers.{i // 4}.part{i % 4}" if i % 4 else f"model.layers.{i // 4}",
+                   "parent": None if i % 4 == 0 else i - i % 4} for i in range(n_layers)]
+        for r in range(ranks):
+            self._put({"type": "header", "schema": "moments/1", "rank": r,
+                       "model": {"name": "synthetic-300", "dtype": "bf16"},
+                       "device": {"kind": "cuda", "name": f"synthetic GPU {r}"},
+                       "clock": {"source": "nvml", "sm_clock_max_mhz": 1980}, "depth": "sublayers",
+                       "dist": {"rank": r, "world_size": ranks, "host": f"node-{r // 4}", "backend": "nccl",
+                                "session": "bench"}, "layers": layers})
+
+    def start(self) -> None:
+        self.t0 = time.perf_counter()
+
+    VARIANTS = 16   # distinct steps per rank, made once: the feed itself must not eat the UI's CPU
+
+    def _variants(self) -> list[list[dict]]:
+        out = []
+        for _ in range(self.VARIANTS):
+            compute = self.base * self.rng.uniform(0.9, 1.1, (self.ranks, self.n_layers))
+            if self.ranks > 3:
+                compute[3, self.slow] *= 1.3
+            done = compute.max(axis=0) + 0.01               # a collective ends when the slowest arrives
+            row = []
+            for r in range(self.ranks):
+                wait = np.where(self.slow, done - compute[r], 0.0)
+                row.append({"type": "step", "rank": r, "kind": "decode", "wall_ms": float(done[::4].sum()) * 1.02,
+                            "tokens": 1, "layer_ms": done.tolist(), "layer_cycles": (done * 1.98e6).tolist(),
+                            "comm_ms": wait.tolist(), "clock_mhz": 1980.0, "hooks_fired": True,
+                            "throttle_reasons": []})
+            out.append(row)
+        return out
+
+    def drain(self):
+        if not hasattr(self, "_made_variants"):
+            self._made_variants = self._variants()
+        due = int((time.perf_counter() - self.t0) * self.steps_per_s)
+        for i in range(self.made, due):
+            t_ns = int(i / self.steps_per_s * 1e9)
+            row = self._made_variants[i % self.VARIANTS]
+            for r in range(self.ranks):
+                self._put({**row[r], "index": i, "t_ns": t_ns})
+                if i % 10 == 0:
+                    self._put({"type": "sample", "rank": r, "t_ns": t_ns, "sm_clock_mhz": 1980 - r, "gpu_util_pct": 97,
+                               "power_w": 430.0, "throttle_reasons": [], "clock_mhz": 1980 - r})
+        self.made = max(self.made, due)
+        return super().drain()
+
+    def stop(self) -> None:
+        pass
+
+    def note(self):
+        return None
+
+
+async def measure_rank_frames(seconds: float, refresh_hz: float, size: tuple[int, int], ranks: int,
+                              screen: str = "ranks") -> dict:
+    """Frames of the merged view (``w``; ``screen="heatmap"``: its layers × ranks heatmap) or of the
+    main screen (the primary rank) while ``ranks`` ranks stream."""
+    source = SyntheticRankSource(ranks)
+    app = MomentsApp(source, refresh_hz=refresh_hz)
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause(1.0)
+        if screen in ("ranks", "heatmap"):
+            await pilot.press("w")
+            if screen == "heatmap":
+                await pilot.press("m")
+            await pilot.pause(0.5)
+        f0, c0, t0 = app.frames, time.thread_time(), time.perf_counter()
+        await asyncio.sleep(seconds)
+        frames, cpu, wall = app.frames - f0, time.thread_time() - c0, time.perf_counter() - t0
+        culprits = app.state.ranks.view().culprit if app.state.ranks is not None else None
+    found = int((culprits == 3).sum()) if culprits is not None else 0
+    return {"size": f"{size[0]}x{size[1]}", "refresh_hz": refresh_hz, "ranks": ranks, "rows": source.n_layers,
+            "screen": screen, "steps_per_s_per_rank": source.steps_per_s, "frames_per_s": frames / wall,
+            "ui_cpu_ms_per_frame": cpu / max(frames, 1) * 1e3,
+            "sustainable_fps": frames / cpu if cpu else float("inf"),
+            "culprit_rank3_layers": found, "slow_layers": int(source.slow.sum())}
+
+
+async def rank_frames(args) -> list[dict]:
+    out = []
+    for screen in ("ranks", "heatmap", "main"):
+        for hz in (12.0, 30.0):
+            r = await measure_rank_frames(args.seconds, hz, (160, 48), args.ranks, screen)
+            out.append(r)
+            print(f"{args.ranks} ranks × {r['rows']} layers, {screen:>7} {r['size']} @ {hz:>4.0f} Hz: "
+                  f"{r['frames_per_s']:5.1f} frames/s, {r['ui_cpu_ms_per_frame']:5.1f} ms UI CPU/frame "
+                  f"(sustainable {r['sustainable_fps']:.0f}/s); culprit rank 3 on {r['culprit_rank3_layers']} "
+                  f"of {r['slow_layers']} slow layers", file=sys.stderr)
+    return out
 
 
 # -- 2. slowdown of inference with the UI running -----------------------------------------------------
@@ -213,7 +322,20 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=4.0, help="length of each frame measurement")
     p.add_argument("--threads", type=int, default=1, help="torch threads for the model (the UI gets the other core)")
     p.add_argument("--json", default=None, metavar="FILE")
+    p.add_argument("--ranks", type=int, default=0, metavar="N",
+                   help="measure only the merged view of N synthetic ranks × 300 layers (frames/s at 160x48)")
     args = p.parse_args()
+    if args.ranks:
+        rows = asyncio.run(rank_frames(args))
+        print("\n| measurement | value | target |\n|---|---|---|")
+        for r in rows:
+            print(f"| frames/s, {r['ranks']} ranks × {r['rows']} layers, {r['screen']} screen, {r['size']}, timer "
+                  f"{r['refresh_hz']:.0f} Hz | {r['frames_per_s']:.1f} (UI CPU {r['ui_cpu_ms_per_frame']:.1f} ms/frame "
+                  f"→ sustainable {r['sustainable_fps']:.0f}/s) | ≥ 10 |")
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump({"rank_frames": rows}, fh, indent=2)
+        return 0
     if args.quick:
         args.pairs, args.phase_s, args.seconds = 2, 1.5, 1.5
     out = asyncio.run(main_async(args))

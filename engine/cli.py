@@ -68,6 +68,9 @@ def build_parser(prog: str = "moments", headless_only: bool = True) -> tuple[arg
                      help="write to OUT instead of stdout (a new file; an existing one only with --force)")
     rep.add_argument("--force", action="store_true",
                      help="replace an existing OUT (a regular file only; a symlink is never followed)")
+    rep.add_argument("--variant", default=None, metavar="LABEL",
+                     help="a compare recording: the report of this variant's steps only (without it: the "
+                          "per-variant comparison, text or json)")
     dif = sub.add_parser("diff", help="compare two recordings layer by layer",
                          description="Per layer p50 / p99 moment, cycles and share of A and B side by side, "
                                      "with the change and whether it is beyond the noise of the two runs "
@@ -80,6 +83,7 @@ def build_parser(prog: str = "moments", headless_only: bool = True) -> tuple[arg
     dif.add_argument("--normalize-clock", action="store_true",
                      help="compare moments scaled to one reference clock (time × clock / max clock), so runs at "
                           "different boost or throttle compare fairly")
+    _add_compare_parser(sub)
     exp = sub.add_parser("export", help="convert a recording: Chrome/Perfetto trace, CSV, JSON",
                          description="chrome: trace-event JSON (open in Perfetto or chrome://tracing) with steps "
                                      "and layers as nested spans and the clock as a counter; csv: one row per "
@@ -95,6 +99,85 @@ def build_parser(prog: str = "moments", headless_only: bool = True) -> tuple[arg
                      help="a multi-rank session: one output per rank (OUT with .rank{R} before its suffix; a "
                           "chrome trace per rank is Holistic Trace Analysis's layout) instead of one merged file")
     return parser, sub
+
+
+def _add_compare_parser(sub: Any) -> None:
+    from llm_moments.engine.session.compare import add_compare_options
+
+    cmp_ = sub.add_parser("compare", help="run variants of one model interleaved and compare them layer by layer",
+                          description="One session, several variants of the same model (dtype, attention, threads, "
+                                      "batch size, int8, dropped blocks, cache, compile) run interleaved on the same "
+                                      "inputs, order alternated per round (ABAB/BABA). Per layer and variant: p50, "
+                                      "p99, cycles, the ratio to the baseline (median of per-round ratios) with a "
+                                      "sign-test interval at 95 % for all rows together, and a verdict beyond the "
+                                      "--margin; what each variant costs in output and in memory.",
+                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cmp_.add_argument("--headless", action="store_true", help="no UI (compare is headless for now)")
+    cmp_.add_argument("--format", default="text", choices=["text", "json"], help="summary format")
+    add_run_options(cmp_)
+    add_compare_options(cmp_)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    with _Interrupts() as interrupts:
+        return _compare(args, interrupts)
+
+
+def _compare(args: argparse.Namespace, interrupts: _Interrupts) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from llm_moments.engine.analysis.compare import analyze_compare
+    from llm_moments.engine.output.compare import render_compare_json, render_compare_text
+    from llm_moments.engine.output.sanitize import visible
+    from llm_moments.engine.session.compare import CompareSession, check_compare_options
+
+    err = Console(stderr=True)
+    texts, variants = check_compare_options(args)   # every spec checked before the model loads
+    with err.status("loading model…"):
+        import torch
+
+        from llm_moments.engine.session.models import load_model
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        loaded = load_model(args.model, args.device, args.dtype, args.trust_remote_code)
+        session = CompareSession(args, variants, loaded, texts)
+        session.warm_up()
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=err, transient=True)
+    task = progress.add_task("rounds", total=args.rounds)
+    interrupts.running = True
+    reason, code, failure = "completed", 0, None
+    session.start()
+    try:
+        with progress:
+            session.run(interrupts.stop, on_round=lambda n: progress.update(task, completed=n))
+    except KeyboardInterrupt:
+        reason, code = "interrupted", EXIT_INTERRUPTED
+    except MomentsError:
+        session.stop("error")
+        raise
+    except Exception as exc:
+        reason, code, failure = "error", 1, f"{type(exc).__name__}: {exc}"
+    if interrupts.signum is not None and reason == "completed":
+        reason, code = "interrupted", EXIT_INTERRUPTED
+    session.stop(reason, error=failure)
+    for message in dict.fromkeys(session.statuses):
+        _quietly(lambda m=message: print(f"moments: {visible(m)}", file=sys.stderr))
+    result = analyze_compare(session.header, session.steps, output=session.output)
+    _quietly(lambda: sys.stdout.write(render_compare_json(result) if args.format == "json"
+                                      else render_compare_text(result)))
+    _quietly(sys.stdout.flush)
+    if session.recorder is not None and not session.recording_lost:
+        _quietly(lambda: print(f"recorded {session.recorder.steps_on_disk} steps to "
+                               f"{visible(session.recorder.path)}", file=sys.stderr))
+    if failure:
+        return error(f"the model failed during the compare: {failure}", 1)
+    if session.recording_lost and code == 0:
+        _quietly(lambda: print(f"moments: {visible(session.recording_lost)}", file=sys.stderr))
+        code = EXIT_RECORDING_LOST
+    return code
 
 
 def error(message: str, code: int = 2) -> int:
@@ -195,10 +278,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if args.output is not None:  # before the recording is read: a bad OUT costs nothing
         _check_output(args.output, args.force)
-    rs = _rank_set(args.file)
+    src: Any = args.file
+    variant_src = _compare_source(args.file, getattr(args, "variant", None), report=args)
+    if isinstance(variant_src, int):
+        return variant_src
+    if variant_src is not None:
+        src = variant_src
+    rs = _rank_set(args.file) if src is args.file else None
     if rs is not None:
         return _report_ranks(args, rs)
-    data = analyze(args.file)   # one streaming pass: memory does not grow with the recording
+    data = analyze(src)   # one streaming pass: memory does not grow with the recording
     rec = data.rec
     _warn(args.file, rec.warnings)
     if args.format in ("md", "html"):
@@ -220,15 +309,73 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
     from llm_moments.engine.analysis.scan import scan
 
-    rsa, rsb = _rank_set(args.a), _rank_set(args.b)
+    ca, cb = _compare_side(args.a), _compare_side(args.b)
+    rsa = _rank_set(args.a) if ca is None else None
+    rsb = _rank_set(args.b) if cb is None else None
     if rsa is not None or rsb is not None:
         return _diff_ranks(args, rsa, rsb)
-    a, b = scan(args.a), scan(args.b)   # streamed: memory does not grow with the recordings
+    a = ca if ca is not None else scan(args.a)   # streamed: memory does not grow with the recordings
+    b = cb if cb is not None else scan(args.b)
     diff = compare(a, b, kind=args.kind, normalize_clock=args.normalize_clock)
     _warn(args.a, a.warnings)
     _warn(args.b, b.warnings)
     sys.stdout.write(render_diff(diff, args.a, args.b, args.format))
     return 0
+
+
+def _compare_source(path: str, label: str | None, report: Any = None) -> Any:
+    """A compare recording (header ``variants``): with ``label``, a Scan of that variant's steps only;
+    without, ``report`` prints the per-variant comparison here (returns its exit status). None: an
+    ordinary recording (``--variant`` on one is an error)."""
+    from llm_moments.engine.analysis.compare import from_scan, only_variant, variant_labels
+    from llm_moments.engine.analysis.scan import scan
+
+    if _rank_set(path) is not None:
+        if label is not None:
+            raise MomentsError("--variant: a multi-rank session is not a compare recording")
+        return None
+    sc = scan(path)
+    labels = variant_labels(sc.header)
+    if not labels:
+        if label is not None:
+            raise MomentsError(f"--variant {label}: {path} is not a compare recording (no variants)")
+        return None
+    if label is not None:
+        return only_variant(sc, label)
+    if report is None:
+        return None
+    if report.format not in ("text", "json"):
+        raise MomentsError(f"{path} is a compare recording of {len(labels)} variants: --format {report.format} "
+                           "reports one of them: add --variant LABEL")
+    from llm_moments.engine.output.compare import render_compare_json, render_compare_text
+
+    result = from_scan(sc)
+    _warn(path, sc.warnings)
+    out = render_compare_json(result) if report.format == "json" else render_compare_text(result)
+    _write_out(out, getattr(report, "output", None), getattr(report, "force", False), path)
+    return 0
+
+
+def _compare_side(spec: str) -> Any:
+    """``diff`` of a compare recording: ``FILE#LABEL`` is one variant's steps; a compare recording
+    without a label is refused (its variants' steps mixed would be no one's)."""
+    import os.path
+
+    from llm_moments.engine.analysis.compare import only_variant, variant_labels
+    from llm_moments.engine.analysis.scan import scan
+
+    path, label = spec, None
+    if not os.path.exists(spec) and "#" in spec:
+        path, _, label = spec.rpartition("#")
+    if label is None:
+        if _rank_set(spec) is not None:
+            return None
+        labels = variant_labels(scan(spec).header)
+        if labels:
+            raise MomentsError(f"{spec} holds the variants {', '.join(labels)} of one compare: name one as "
+                               f"{spec}#LABEL (moments report {spec} compares them all)")
+        return None
+    return only_variant(path, label)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -406,6 +553,10 @@ def cmd_run_headless(args: argparse.Namespace) -> int:
     """Exit status: 0; 130 when a signal ended the session; 3 when a write error stopped the
     recording (the session carried on to the end); 1 when the model failed; 2 on a user error."""
     with _Interrupts() as interrupts:
+        if getattr(args, "tp", 1) * getattr(args, "pp", 1) > 1:   # N local ranks: engine/session/launch.py
+            from llm_moments.engine.session.launch import run_headless
+
+            return run_headless(args, interrupts)
         return _run_headless(args, interrupts)
 
 
@@ -425,7 +576,7 @@ def _run_headless(args: argparse.Namespace, interrupts: _Interrupts) -> int:
         if loaded.info.get("random_weights"):
             err.print(f"{visible(args.model)}: random weights — timings are real, outputs are noise", style="yellow",
                       markup=False, highlight=False)
-        warm_up(args, loaded, texts)
+        step_ms = warm_up(args, loaded, texts)
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err, transient=True)
     task = progress.add_task("measuring steps", total=steps)
@@ -438,11 +589,16 @@ def _run_headless(args: argparse.Namespace, interrupts: _Interrupts) -> int:
                                    highlight=False, soft_wrap=True)
 
     interrupts.running = True  # from here a signal stops the session at the next step
-    monitor = make_monitor(args, loaded, [on_record])
+    monitor = make_monitor(args, loaded, [on_record], step_ms_hint=step_ms)
     reason, code, failure = "completed", 0, None
     try:
         with progress:
             monitor.start()
+            if monitor.overhead:  # what the depth costs here, before the first measured step
+                from llm_moments.engine.core.overhead import cost_line
+
+                progress.console.print(f"moments: {cost_line(monitor.overhead)}", markup=False, highlight=False,
+                                       soft_wrap=True)
             stream(loaded, texts, monitor, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                    steps=steps, stop=interrupts.stop)
     except KeyboardInterrupt:
@@ -479,7 +635,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv = ["run", *argv]
     args = parser.parse_args(argv)
-    commands = {"report": cmd_report, "diff": cmd_diff, "export": cmd_export}
+    commands = {"report": cmd_report, "diff": cmd_diff, "export": cmd_export, "compare": cmd_compare}
     if args.command in commands:
         return guarded(lambda: commands[args.command](args))
     if args.command == "stream":

@@ -24,6 +24,7 @@ from .screens.help import HelpScreen
 from .screens.diff import DiffScreen
 from .screens.main import MainScreen
 from .screens.outliers import OutliersScreen
+from .screens.ranks import RanksScreen
 from .screens.roofline import RooflineScreen
 from .render import visible
 from .screens.record import RecordDialog
@@ -50,6 +51,7 @@ class MomentsApp(App):
         Binding("f", "roofline", "roofline"),
         Binding("o", "outliers", "outliers"),
         Binding("d", "diff", "diff", show=False),
+        Binding("w", "ranks", "ranks", show=False),
         Binding("m", "toggle_heatmap", "heatmap", show=False),
         Binding("h", "heatmap_scale", "heat scale", show=False),
         Binding("full_stop", "replay_step", "step", show=False),
@@ -69,7 +71,7 @@ class MomentsApp(App):
         super().__init__()
         self.compare = compare  # (engine.diff.Diff, name of A, name of B) for replay --compare
         self.source = source
-        self.state = ViewState(mode=source.mode)
+        self.state = ViewState(mode=source.mode, primary_rank=getattr(source, "primary_rank", None))
         self.refresh_hz = refresh_hz
         self.screenshot_dir = Path(screenshot_dir)
         self._clock = clock
@@ -102,6 +104,16 @@ class MomentsApp(App):
         self.state.apply(self.source.drain())
         note = self.source.note()
         if self.main is None or not self.main.ready:
+            return
+        if isinstance(self.screen, RanksScreen):   # the merged view alone: the main screen is hidden
+            key = (self.state.version, note, self.theme, self.size, "ranks")
+            if key != self._shown and self.screen.ready:
+                self._shown = key
+                try:
+                    self.screen.show(self.state, note)
+                except NoMatches:  # the screen is being torn down while a tick was due
+                    return
+                self.frames += 1
             return
         # the layout (wide or not) changes on the screen's own resize event, which may come a tick later
         key = (self.state.version, note, self.theme, self.size, self.main.wide)
@@ -150,6 +162,16 @@ class MomentsApp(App):
             self.notify("no comparison: start with `moments replay A.jsonl --compare B.jsonl`", severity="warning")
         elif not isinstance(self.screen, DiffScreen):
             self.push_screen(DiffScreen(*self.compare))
+
+    def action_ranks(self) -> None:
+        if isinstance(self.screen, RanksScreen):
+            self.pop_screen()
+        elif self.state.ranks is None:
+            self.notify("one rank only: the merged view is for sharded sessions (moments run --tp N, "
+                        "or replay / watch of run.jsonl rank files)", severity="warning", timeout=4)
+        else:
+            self.push_screen(RanksScreen())
+            self._shown = None
 
     def action_toggle_pause(self) -> None:
         if self.state.mode == "replay":

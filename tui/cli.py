@@ -104,6 +104,12 @@ def cmd_live(args: argparse.Namespace) -> int:
         print("moments: no terminal here: running headless (use --headless to say so)", file=sys.stderr)
         return cmd_run_headless(args)
     _precheck_live(args)
+    from llm_moments.engine.session.launch import world_size
+
+    if world_size(args) > 1:   # --tp / --pp: N local ranks, all shown (engine/session/launch.py)
+        from .rank_sources import RankLiveSource
+
+        return _run_app(RankLiveSource(args), args.theme)
     from .sources import LiveSource
 
     return _run_app(LiveSource(args), args.theme)
@@ -120,7 +126,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
     check_speed(args.speed)
     _check_theme(args)
 
-    source = ReplaySource(args.file, speed=args.speed)  # a bad file fails here, before the screen
+    from llm_moments.engine.core.rankfiles import find_ranks
+
+    rs = find_ranks(args.file)   # run.jsonl or any run.rank{R}.jsonl: every rank, merged
+    if rs is not None:
+        from .rank_sources import RankReplaySource
+
+        source = RankReplaySource(rs, speed=args.speed)
+    else:
+        source = ReplaySource(args.file, speed=args.speed)  # a bad file fails here, before the screen
     for warning in source.rec.warnings:
         print(visible(f"moments: warning: {args.file}: {warning}"), file=sys.stderr)
     compare = None
@@ -142,6 +156,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if not args.file.strip():
         raise MomentsError("watch: the recording's path is empty")
     path = Path(args.file).expanduser()
+    from llm_moments.engine.core.rankfiles import find_ranks
+
+    rs = find_ranks(path) if not path.is_dir() else None   # run.jsonl or any rank file: every rank
+    if rs is not None:
+        from .rank_sources import RankWatchSource
+
+        return _run_app(RankWatchSource(rs), args.theme)
     if path.is_dir():
         raise MomentsError(f"{path} is a directory, not a recording")
     if path.exists() and path.stat().st_size:
@@ -156,6 +177,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return _run_app(WatchSource(path), args.theme)
 
 
+def _cmd_compare(args: Any) -> int:
+    """``moments compare``: headless for now (the engine's command; a live view is a later step)."""
+    from llm_moments.engine.cli import cmd_compare
+
+    return cmd_compare(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
@@ -163,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = ["run", *argv]  # `moments [options]` is `moments run [options]`
     args = parser.parse_args(argv)
     commands = {"report": cmd_report, "replay": cmd_replay, "watch": cmd_watch, "diff": cmd_diff,
-                "export": cmd_export}
+                "export": cmd_export, "compare": _cmd_compare}
     if args.command in commands:
         return guarded(lambda: commands[args.command](args))
     if args.command == "stream":

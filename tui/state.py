@@ -81,6 +81,11 @@ class ViewState:
     nested_calls: np.ndarray | None = None
     nested_steps: np.ndarray | None = None
     nested_last: np.ndarray | None = None
+    overhead: dict[str, Any] | None = None  # the monitor's own cost: header ``overhead``, then the newest record
+    # several ranks (records tagged ``rank``): the primary rank feeds everything above, every rank the
+    # merged view (tui/rank_state.py); ``primary_rank`` None: the first rank with a header
+    ranks: Any = None
+    primary_rank: int | None = None
     _pending: list = field(default_factory=list)   # steps of this batch, converted together
 
     # -- reducer ----------------------------------------------------------------------------------
@@ -102,6 +107,9 @@ class ViewState:
         for record in records:
             n += 1
             rtype = record.get("type")
+            rank = record.get("rank")
+            if type(rank) is int and not self._on_rank(rank, rtype, record):
+                continue   # another rank's: the merged view only
             if rtype == "step":
                 self._on_step(record)
             elif rtype == "sample":
@@ -109,26 +117,64 @@ class ViewState:
             elif rtype == "header":
                 self._flush()
                 self.header = record
+                self.overhead = record.get("overhead") if isinstance(record.get("overhead"), dict) else None
                 self.loading = None
                 self._new_stats(record)
             elif rtype == "status":
                 self._on_status(record)
             elif rtype == "footer":
                 self.footer = record
+            elif rtype == "overhead":
+                self.overhead = record
             elif rtype == "reset":
                 self._pending.clear()
                 self.reset()
             elif rtype == "loading":
                 self.loading = record.get("message")
             elif rtype == "error":
-                self.error = record.get("message")
+                if self.error is None or record.get("died") or type(record.get("rank")) is not int:
+                    self.error = record.get("message")
                 self.statuses.append(Status("error", self.error or "engine error"))
             elif rtype == "recording":
                 self.recording_path = record.get("path")
-        self._flush()
+        self._flush()   # (the merged view folds its ranks' steps when it is drawn: RankLive.view)
         if n:
             self.version += 1
         return n
+
+    def _on_rank(self, rank: int, rtype: Any, record: dict[str, Any]) -> bool:
+        """Fold a rank's record into the merged view; True when it is the primary rank's, which the
+        single-rank state takes too."""
+        if self.ranks is None:
+            from .rank_state import RankLive
+
+            self.ranks = RankLive(self.primary_rank)
+        rl = self.ranks
+        primary = rl.is_primary(rank, rtype)
+        if rtype == "step":
+            rl.step(rank, record)
+        elif rtype == "header":
+            rl.header(rank, record)
+        elif rtype == "sample":
+            rl.sample(rank, record)
+        elif rtype == "footer":
+            rl.footer(rank, record)
+        elif rtype == "reset":
+            rl.reset(rank)
+        if primary:
+            return True
+        if rtype == "error":
+            message = str(record.get("message"))
+            if not record.get("died"):
+                message = f"rank {rank}: {message}"
+            if self.error is None or record.get("died"):
+                self.error = message
+            self.statuses.append(Status("error", message))
+        elif rtype == "status":
+            message = str(record.get("message", ""))
+            if not any(s.message == message for s in self.statuses[-5:]):   # every rank says the same
+                self._on_status({**record, "message": f"rank {rank}: {message}"})
+        return False
 
     def _flush(self) -> None:
         """The batch's steps into the rolling window and the outlier log: one conversion per batch."""

@@ -124,6 +124,33 @@ def compute_ms(steps: list[dict[str, Any]], n: int) -> tuple[np.ndarray, np.ndar
     return ms, np.maximum(compute, 0.0), waits
 
 
+def skews(p50_ms: np.ndarray) -> np.ndarray:
+    """Skew per layer of [ranks, layers] p50 moments: max − min over the ranks that ran it (NaN with
+    fewer than two)."""
+    ok = np.isfinite(p50_ms)
+    n = ok.sum(axis=0)
+    with np.errstate(invalid="ignore"):
+        hi = np.where(ok, p50_ms, -np.inf).max(axis=0, initial=-np.inf)
+        lo = np.where(ok, p50_ms, np.inf).min(axis=0, initial=np.inf)
+        return np.where(n >= 2, hi - lo, np.nan)
+
+
+def culprit_rows(compute_p50_ms: np.ndarray) -> np.ndarray:
+    """The culprit rule over [ranks, layers] median computes: per layer the row of the slowest compute,
+    −1 with fewer than two ranks that ran it or when the top two are closer than ``TIE_MS``."""
+    R, L = compute_p50_ms.shape if compute_p50_ms.ndim == 2 else (0, 0)
+    if R < 2:
+        return np.full(L, -1, dtype=np.intp)
+    c = np.where(np.isfinite(compute_p50_ms), compute_p50_ms, -np.inf)
+    order = np.argsort(-c, axis=0, kind="stable")
+    top, second = order[0], order[1]
+    cols = np.arange(L)
+    a, b = c[top, cols], c[second, cols]
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(a) & np.isfinite(b) & ((a - b) > TIE_MS)
+    return np.where(ok, top, -1)
+
+
 class RankAcc:
     """The merged view folded from aligned rows ({rank: step record}) in bounded chunks."""
 
@@ -208,15 +235,15 @@ class RankAcc:
         cp50 = {r: self.compute[r].quantiles([50])[0] for r in ranks}
         walls = {r: float(self.wall[r].quantiles([50])[0, 0]) for r in ranks}
         layers = []
+        L = len(self.names)
+        P = np.array([np.asarray(p50[r], dtype=np.float64).reshape(L) for r in ranks]).reshape(len(ranks), L)
+        C = np.array([np.asarray(cp50[r], dtype=np.float64).reshape(L) for r in ranks]).reshape(len(ranks), L)
+        skew_of, culprit_of = skews(P), culprit_rows(C)
         for j, name in enumerate(self.names):
             vals = {r: float(p50[r][j]) for r in ranks}
             comp = {r: float(cp50[r][j]) for r in ranks}
-            fin = [v for v in vals.values() if math.isfinite(v)]
-            skew = max(fin) - min(fin) if len(fin) >= 2 else math.nan
-            culprit = None
-            cands = sorted(((v, r) for r, v in comp.items() if math.isfinite(v)), reverse=True)
-            if len(cands) >= 2 and cands[0][0] - cands[1][0] > TIE_MS:
-                culprit = cands[0][1]
+            skew = float(skew_of[j])
+            culprit = ranks[int(culprit_of[j])] if culprit_of[j] >= 0 else None
             n = int(self.compared[j])
             share = {r: float(self.last[k, j]) / n for k, r in enumerate(ranks)} if n else {}
             layers.append(RankLayer(name, self.parents[j], vals, comp, skew, culprit, share, n))
@@ -415,4 +442,4 @@ def diff_ranks(a: Any, b: Any, kind: str | None = None, seed: int = 0, normalize
 
 
 __all__ = ["RankAcc", "RankAnalysis", "RankDiff", "RankInfo", "RankLayer", "RankScan", "analyze_ranks",
-           "compute_ms", "diff_ranks"]
+           "compute_ms", "culprit_rows", "diff_ranks", "skews"]

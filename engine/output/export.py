@@ -83,11 +83,14 @@ def _step_events(layers: list[dict[str, Any]], step: dict[str, Any], next_t_ns: 
     end_us = t0_us + max(0.0, step["wall_ms"] or 0.0) * 1e3
     if next_t_ns is not None:  # a GPU step's event time can outlast the host's next step start
         end_us = max(t0_us, min(end_us, next_t_ns / 1e3))
-    yield {"name": f"{step['kind']} #{step['index']}", "cat": "step", "ph": "X", "pid": 1, "tid": 1,
+    variant = step.get("variant")  # a compare recording: the variant's label in the step's name and args
+    yield {"name": f"{step['kind']} #{step['index']}" + (f" [{variant}]" if variant is not None else ""),
+           "cat": "step", "ph": "X", "pid": 1, "tid": 1,
            "ts": t0_us, "dur": end_us - t0_us,
            "args": {"wall_ms": step.get("wall_ms"), "tokens": step.get("tokens"),
                     "clock_mhz": step.get("clock_mhz"), "cycles": step.get("cycles"),
-                    "throttle": step.get("throttle_reasons")}}
+                    "throttle": step.get("throttle_reasons"),
+                    **({"variant": variant} if variant is not None else {})}}
     spans = _layout(layers, step, t0_us, end_us)
     cycles = step.get("layer_cycles") or [None] * len(layers)
     for j in sorted(spans, key=lambda j: (spans[j][0], -spans[j][1])):
@@ -168,8 +171,10 @@ def _csv_chunk(header: dict[str, Any], steps: list[dict[str, Any]], table: StepT
         head = [step["index"], csv_text(step["kind"]), step["t_ns"], step["wall_ms"], step.get("tokens"),
                 step.get("clock_mhz"), csv_text(" ".join(map(str, step.get("throttle_reasons") or [])))]
         c_ms, c_start, c_cyc, c_fl, c_by, c_fps, c_roof = (c[i] for c in cells)
+        tail = [csv_text(step.get("variant"))] if header.get("variants") else []  # a compare recording
         for j in range(n):
-            yield head + [names[j], parents[j], c_ms[j], c_start[j], c_cyc[j], c_fl[j], c_by[j], c_fps[j], c_roof[j]]
+            yield head + [names[j], parents[j], c_ms[j], c_start[j], c_cyc[j], c_fl[j], c_by[j], c_fps[j],
+                          c_roof[j], *tail]
 
 
 def _cell_rows(a: np.ndarray) -> list[list[Any]]:
@@ -228,7 +233,7 @@ def write_export(src: Any, fmt: str, out: IO[str]) -> None:
     sc = scan(src)
     if fmt == "csv":
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(CSV_COLUMNS)
+        writer.writerow(CSV_COLUMNS + (["variant"] if sc.header.get("variants") else []))
         for steps, table in step_chunks(sc):
             writer.writerows(_csv_chunk(sc.header, steps, table))
     elif fmt == "chrome":

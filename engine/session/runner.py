@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -57,23 +58,27 @@ def _stopping(stop: threading.Event | None) -> dict[str, Any]:
 
 def stream(loaded: LoadedModel, texts: list[str], monitor: Monitor, *, batch_size: int = 1,
            max_new_tokens: int = 32, steps: int | None = None, stop: threading.Event | None = None,
-           on_batch: Callable[[int], None] | None = None) -> int:
+           on_batch: Callable[[int], None] | None = None, agree: Callable[[bool], bool] | None = None) -> int:
     """Run batches until ``steps`` steps were taken (None: until ``stop`` is set); return batches run.
 
     A batch is never cut in the middle, so a decoder session ends after its last generate() call.
     If the model runs but the hooks see fewer steps than it took, that is reported once (CUDA graphs).
+    ``agree`` (ranks of one sharded model): called with this rank's wish to stop before each batch,
+    returns whether any rank wishes it; a batch then always runs to its end on every rank (a rank
+    that left a generate() early would leave its peers inside a collective).
     """
     if max_new_tokens < 1:
         raise MomentsError("--max-new-tokens must be at least 1")
     n_batches = 0
     warned = False
     for batch in batches(texts, batch_size, loop=True):
-        if stop is not None and stop.is_set():
-            break
         if steps is not None and monitor.steps_started >= steps:
             break
+        wish = stop is not None and stop.is_set()
+        if agree(wish) if agree is not None else wish:
+            break
         before = monitor.steps_started
-        outputs, expected = run_batch(loaded, batch, max_new_tokens, stop)
+        outputs, expected = run_batch(loaded, batch, max_new_tokens, stop if agree is None else None)
         seen = monitor.steps_started - before
         if seen < expected and not warned:
             warned = True

@@ -20,7 +20,7 @@ MAX_WARMUP = 10_000
 MAX_BATCH = 4096
 MAX_NEW_TOKENS = 1_000_000   # and below the model's position limit, checked before it loads
 MAX_THREADS = 1024
-MIN_RATE_HZ, MAX_SAMPLE_HZ, MAX_UTIL_HZ = 0.1, 20.0, 10.0
+MAX_RANKS = 64               # --tp × --pp: local ranks started by one `moments run`
 
 
 def _whole(text: str) -> int:
@@ -99,7 +99,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("measurement")
     g.add_argument("--depth", default="blocks", choices=["blocks", "sublayers", "leaves"],
                    help="blocks: embeddings, each transformer block, final norm/head (default); "
-                        "sublayers: also attention, MLP and norms inside blocks; leaves: every leaf module")
+                        "sublayers: also attention, MLP and norms inside blocks; leaves: every leaf module. "
+                        "Typical cost per decode step (GPT-2 shape, one CPU thread): blocks ≈ 0.5 %%, sublayers "
+                        "≈ 1–2 %%, leaves ≈ 2–5 %%; this machine's figure is printed before a headless run and "
+                        "shown in the header")
     g.add_argument("--steps", type=bounded_int(1, MAX_STEPS), default=None,
                    help="stop after this many steps (a batch is finished first). Headless default 64; "
                         "live: until you quit")
@@ -111,6 +114,14 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="utilization samples per second, from 0.1 to 10 (default 5)")
     g.add_argument("--no-calibrate", action="store_true",
                    help="skip the roofline calibration (a matmul and a copy, ~2 s, cached per device)")
+    g = p.add_argument_group("sharding (local ranks)")
+    g.add_argument("--tp", type=bounded_int(1, MAX_RANKS), default=1, metavar="N",
+                   help="tensor parallel: start N local ranks (gloo on CPU, nccl on N GPUs), the model split "
+                        "with transformers' DistributedConfig(tp_size=N); all ranks in one view. Needs a model "
+                        "transformers can shard (tiny-llama, a Llama-like directory). Default 1")
+    g.add_argument("--pp", type=bounded_int(1, MAX_RANKS), default=1, metavar="N",
+                   help="pipeline parallel: N local ranks, each a stage (DistributedConfig(pp_size=N)); "
+                        "with --tp, tp × pp ranks. Default 1")
     g = p.add_argument_group("recording")
     g.add_argument("--record", default=None, metavar="FILE",
                    help="write the session to FILE (JSON Lines, moments/1); a new file, mode 0600 unless "
@@ -153,16 +164,24 @@ def check_run_options(args: argparse.Namespace) -> list[str]:
     from llm_moments.engine.core.recording import check_record_path
     from llm_moments.engine.session.inputs import read_texts
 
-    if args.record is not None:
+    ranks = getattr(args, "tp", 1) * getattr(args, "pp", 1)
+    if args.record is not None and ranks <= 1:   # ranks record run.rank{R}.jsonl: checked by check_launch
         check_record_path(args.record, force=getattr(args, "force", False))
-    _check_range("--sample-hz", args.sample_hz, MIN_RATE_HZ, MAX_SAMPLE_HZ, "samples per second")
+    from llm_moments.engine.core.sampler import MAX_CLOCK_HZ, MAX_UTIL_HZ, MIN_RATE_HZ  # the sampler's own limits
+
+    _check_range("--sample-hz", args.sample_hz, MIN_RATE_HZ, MAX_CLOCK_HZ, "samples per second")
     _check_range("--util-hz", args.util_hz, MIN_RATE_HZ, MAX_UTIL_HZ, "samples per second")
     if args.model is not None and not str(args.model).strip():
         raise MomentsError("--model is empty: give a preset name, a model directory or an org/name Hub id")
     texts = read_texts(args.inputs)
     from llm_moments.engine.session.models import check_model_spec, position_limit
 
-    check_model_spec(args.model, args.device, args.dtype)
+    if ranks > 1:   # before the model spec: the device rules differ (one GPU per rank)
+        from llm_moments.engine.session.launch import check_launch
+
+        check_launch(args)
+    else:
+        check_model_spec(args.model, args.device, args.dtype)
     limit, generative = position_limit(args.model)
     if generative and limit is not None and args.max_new_tokens >= limit:
         raise MomentsError(f"--max-new-tokens {args.max_new_tokens} does not fit: {args.model} holds at most {limit} "
@@ -185,7 +204,8 @@ def prepare_session(args: argparse.Namespace, on_progress: Callable[[str], None]
     return texts, loaded
 
 
-def make_monitor(args: argparse.Namespace, loaded: Any, listeners: Sequence[Callable] = ()):
+def make_monitor(args: argparse.Namespace, loaded: Any, listeners: Sequence[Callable] = (),
+                 step_ms_hint: float | None = None):
     from llm_moments.engine.session.monitor import Monitor
 
     run_info = {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens if loaded.generative else None,
@@ -195,12 +215,17 @@ def make_monitor(args: argparse.Namespace, loaded: Any, listeners: Sequence[Call
                    util_hz=args.util_hz, model_info=loaded.info, run_info=run_info,
                    roof=not getattr(args, "no_calibrate", False),
                    record_text=not args.no_text, listeners=list(listeners),
-                   overwrite=bool(getattr(args, "force", False)))
+                   overwrite=bool(getattr(args, "force", False)), step_ms_hint=step_ms_hint)
 
 
-def warm_up(args: argparse.Namespace, loaded: Any, texts: list[str]) -> None:
+def warm_up(args: argparse.Namespace, loaded: Any, texts: list[str]) -> float | None:
+    """Run the unhooked warm-up batches; the median of their steps (ms), the monitor's cost estimate's
+    denominator (None without warm-up)."""
+    from llm_moments.engine.core.overhead import time_forwards
     from llm_moments.engine.session.inputs import batches
     from llm_moments.engine.session.runner import run_batch
 
-    for _, batch in zip(range(args.warmup), batches(texts, args.batch_size, loop=True)):
-        run_batch(loaded, batch, min(args.max_new_tokens, 4))
+    with time_forwards(loaded.model) as times:
+        for _, batch in zip(range(args.warmup), batches(texts, args.batch_size, loop=True)):
+            run_batch(loaded, batch, min(args.max_new_tokens, 4))
+    return times.median_ms()

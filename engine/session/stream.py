@@ -10,6 +10,11 @@ terminal). End of stdin without a quit, or a broken stdout pipe, means the UI is
 ``interrupted`` end, so the engine never outlives its UI. SIGINT, SIGTERM and SIGHUP, once or
 repeated, end the session the same controlled way: footer ``interrupted``, recording closed.
 
+One rank of ``moments run --tp N`` / ``--pp N`` runs here too (engine/session/launch.py: the
+launcher's environment says which): it joins the world, loads its shard, agrees with the other ranks
+once per batch whether to stop, tags nothing (the launcher adds ``rank``) and exits without the
+interpreter's teardown once its footer and records are out.
+
 Exit status: 0, 130 when interrupted, 3 when a write error stopped the recording (the session went
 on; the status record that said so carries ``recording_lost``), 1 or 2 on an error.
 """
@@ -17,6 +22,7 @@ on; the status record that said so carries ``recording_lost``), 1 or 2 on an err
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import queue
@@ -76,8 +82,8 @@ class _Out:
 
 
 def serve(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
-    from llm_moments.engine.session.setup import make_monitor, prepare_session, warm_up
     from llm_moments.engine.session.runner import stream
+    from llm_moments.engine.session.setup import make_monitor, prepare_session, warm_up
 
     out_fd = os.dup(1)
     os.dup2(2, 1)  # from here on, print() goes to stderr
@@ -134,22 +140,33 @@ def serve(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
 
     threading.Thread(target=control, name="moments-stream-control", daemon=True).start()
     monitor = None
+    ctx = None   # one rank of `moments run --tp N` (engine/session/launch.py): the world it joined
     reason, failure, code = "completed", None, 0
     try:
+        from llm_moments.engine.session import launch
+
         out.put({"type": "loading", "message": f"loading {args.model}…"})
-        texts, loaded = prepare_session(args)
-        if not stop.is_set():
+        ctx = launch.join_world(args)
+        if ctx is None:
+            texts, loaded = prepare_session(args)
+        else:   # every rank takes the same steps: no early exits between collectives
+            from llm_moments.engine.session.setup import check_run_options
+
+            texts = check_run_options(args)
+            loaded = launch.load_sharded(args, ctx)
+        if ctx is not None or not stop.is_set():
             out.put({"type": "loading", "message": f"warming up {args.model}…"})
-            warm_up(args, loaded, texts)
+            box["step_ms"] = warm_up(args, loaded, texts)
         box["loading"] = False  # from here an end is a controlled one: footer written
-        if not stop.is_set():
-            monitor = make_monitor(args, loaded, [out.put])
+        agree = None if ctx is None else (lambda wish: launch.agree_stop(ctx, wish))
+        if not (agree(stop.is_set()) if agree is not None else stop.is_set()):
+            monitor = make_monitor(args, loaded, [out.put], step_ms_hint=box.get("step_ms"))
             box["monitor"] = monitor
             monitor.start()
             if args.record:
                 out.put({"type": "recording", "path": str(monitor.recorder.path)})
             stream(loaded, texts, monitor, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                   steps=args.steps, stop=stop)
+                   steps=args.steps, stop=stop, agree=agree)
     except MomentsError as exc:
         reason, failure, code = "error", str(exc), 2
     except Exception as exc:  # reported to the UI with its message; the recording is kept
@@ -164,4 +181,15 @@ def serve(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
         if failure:
             out.put({"type": "error", "message": failure})
         out.close()
+        if ctx is not None:
+            from llm_moments.engine.session.launch import leave_world
+
+            leave_world(ctx)
+    if ctx is not None:
+        # A rank's recording is closed and its records are out: skip the interpreter's teardown of
+        # torch and transformers (seconds on a busy machine), which the launcher would wait for.
+        for fh in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                fh.flush()
+        os._exit(code)
     return code

@@ -1,4 +1,10 @@
-"""One layer in detail: moment history, histogram, sub-layers, cycles, the clock at its slowest."""
+"""One layer in detail: moment history, histogram, sub-layers, cycles, the clock at its slowest.
+
+Scales are robust (tui/render.py): the history chart's top comes from p0.5–p99.5 and the histogram's
+bins span p1–p99, so one 80 ms hiccup among thousands of 0.8 ms moments is a marked, labelled outlier
+(``▲``, an overflow count) instead of the scale that flattens everything else. ``w`` switches the
+graph at the bottom between the clock and the power drawn (GPU) over the same recent samples.
+"""
 
 from __future__ import annotations
 
@@ -12,14 +18,27 @@ from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
-from ..render import bar, chart, fmt_cycles, fmt_mhz, fmt_ms, visible
+from ..render import (
+    OVER_MARK,
+    bar,
+    chart,
+    chart_scale,
+    fmt_cycles,
+    fmt_mhz,
+    fmt_ms,
+    na,
+    robust_histogram,
+    spark,
+    visible,
+)
 from ..state import ViewState
 
 
 class LayerDetailScreen(Screen):
     BINDINGS = [Binding("escape,backspace", "app.pop_screen", "back"),
                 Binding("left", "neighbour(-1)", "previous layer"),
-                Binding("right", "neighbour(1)", "next layer")]
+                Binding("right", "neighbour(1)", "next layer"),
+                Binding("w", "switch_graph", "clock / power")]
     DEFAULT_CSS = """
     LayerDetailScreen #title { height: 1; background: $panel; padding: 0 1; text-style: bold; }
     LayerDetailScreen Static.box { border: round $primary; border-title-color: $foreground; padding: 0 1; }
@@ -27,11 +46,15 @@ class LayerDetailScreen(Screen):
     LayerDetailScreen #row { height: auto; }
     LayerDetailScreen #row > Static { width: 1fr; height: auto; }
     LayerDetailScreen #slowest { height: auto; }
+    LayerDetailScreen #clockgraph { height: auto; }
     """
+
+    GRAPHS = ("clock", "power")
 
     def __init__(self, index: int) -> None:
         super().__init__()
         self.index = index
+        self.graph = "clock"
 
     def compose(self) -> ComposeResult:
         yield Static(id="title")
@@ -42,6 +65,7 @@ class LayerDetailScreen(Screen):
                 yield Static(id="numbers", classes="box")
             yield Static(id="children", classes="box")
             yield Static(id="slowest", classes="box")
+            yield Static(id="clockgraph", classes="box")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -57,6 +81,10 @@ class LayerDetailScreen(Screen):
             self.index = (self.index + delta) % n
             self.show(self.app.state)
 
+    def action_switch_graph(self) -> None:
+        self.graph = self.GRAPHS[(self.GRAPHS.index(self.graph) + 1) % len(self.GRAPHS)]
+        self.show(self.app.state)
+
     def show(self, state: ViewState) -> None:
         if not state.stats or not state.stats.n_steps:
             return
@@ -68,12 +96,17 @@ class LayerDetailScreen(Screen):
                                                            f"  (in {visible(state.layer_names[d['parent']])})")))
         hist = d["history_ms"]
         fin = hist[np.isfinite(hist)]
-        hi = float(fin.max()) if fin.size else 0.0
-        rows = chart(hist, width, 4, hi=hi or None)
+        # the scale from p0.5–p99.5 of the whole history: an outlier is marked and labelled, not the scale
+        scale = chart_scale(fin)
+        rows = chart(hist, width, 4, hi=scale.hi or None)
+        over: list = []
+        if scale.over:
+            over = [" · ", (f"{OVER_MARK} {scale.over} above the scale, up to {fmt_ms(scale.over_max)} ms",
+                            "bold $warning")]
         self.query_one("#history", Static).update(Content.assemble(
             ("\n".join(rows), "$primary"), "\n",
-            f"newest {min(width, hist.size)} of {d['count']} steps · 0 to {fmt_ms(hi)} ms"))
-        self.query_one("#histogram", Static).update(self._histogram(fin))
+            f"newest {min(width, hist.size)} of {d['count']} steps · 0 to {fmt_ms(scale.hi)} ms", *over))
+        self.query_one("#histogram", Static).update(self._histogram(fin, fence=scale.fence))
         self.query_one("#numbers", Static).update(Content.assemble(
             ("moments ", "bold"), f"{d['count']}\n",
             ("mean ", "bold"), f"{fmt_ms(d['mean_ms'])} ms   ", ("p50 ", "bold"), f"{fmt_ms(d['p50_ms'])} ms   ",
@@ -100,6 +133,31 @@ class LayerDetailScreen(Screen):
             rows.append(f"{step:>7} {visible(s['kind'] or '?'):<8} {fmt_ms(s['ms']):>7} ms "
                         f"{fmt_mhz(s['clock_mhz']):>10}  {visible(' '.join(map(str, s['throttle']))) or '—'}")
         self.query_one("#slowest", Static).update(Content("\n".join(rows)))
+        self._clock_graph(state, width)
+
+    def _clock_graph(self, state: ViewState, width: int) -> None:
+        """The clock, or (``w``) the power drawn, over the newest samples: what the moments ran at."""
+        box = self.query_one("#clockgraph", Static)
+        gpu = any("sm_clock_mhz" in s for s in list(state.samples)[-4:])
+        if self.graph == "power":
+            values = state.clock_history("power_w", last=width)
+            box.border_title = "power (w: clock)"
+            if not values:
+                box.update("power not reported by this device (NVML power is GPU only)")
+                return
+            box.update(Content.assemble((spark(values, width, lo=0), "$secondary"), "\n",
+                                        f"now {na(values[-1], unit=' W')} · max {na(max(values), unit=' W')} "
+                                        f"· newest {len(values)} samples"))
+            return
+        key = "sm_clock_mhz" if gpu else "clock_mhz"
+        values = state.clock_history(key, last=width)
+        box.border_title = ("SM clock" if gpu else "clock") + " (w: power)"
+        if not values:
+            box.update("no clock samples")
+            return
+        box.update(Content.assemble((spark(values, width), "$primary"), "\n",
+                                    f"now {fmt_mhz(values[-1])} · {fmt_mhz(min(values))} to {fmt_mhz(max(values))} "
+                                    f"· newest {len(values)} samples"))
 
     @staticmethod
     def _calls(d: dict) -> list:
@@ -120,10 +178,21 @@ class LayerDetailScreen(Screen):
         return parts
 
     @staticmethod
-    def _histogram(values: np.ndarray, bins: int = 8) -> str:
+    def _histogram(values: np.ndarray, bins: int = 10, fence: float = math.inf) -> Content | str:
+        """Bins over p1–p99 (log-spaced for a wide spread), the values below and above counted in
+        their own rows; those above the chart's fence are outliers, marked with their largest value."""
         if values.size == 0:
             return "no moments"
-        counts, edges = np.histogram(values, bins=bins)
-        top = max(int(counts.max()), 1)
-        return "\n".join(f"{fmt_ms(edges[i]):>8}–{fmt_ms(edges[i + 1]):<8} {bar(c / top, 14)} {c}"
-                         for i, c in enumerate(counts))
+        h = robust_histogram(values, bins=bins)
+        top = max(int(h.counts.max()) if h.counts.size else 0, h.under, h.over, 1)
+        lines: list = [f"{'< ' + fmt_ms(h.edges[0]):>17} {bar(h.under / top, 14)} {h.under}\n"]
+        lines += [f"{fmt_ms(h.edges[i]):>8}–{fmt_ms(h.edges[i + 1]):<8} {bar(c / top, 14)} {c}\n"
+                  for i, c in enumerate(h.counts)]
+        lines.append(f"{'> ' + fmt_ms(h.edges[-1]):>17} {bar(h.over / top, 14)} {h.over}")
+        outliers = int((values > fence).sum())
+        if outliers:
+            lines += ["\n", (f"{OVER_MARK} {outliers} outlier{'s' if outliers > 1 else ''}, up to "
+                            f"{fmt_ms(float(values.max()))} ms", "bold $warning")]
+        if h.log:
+            lines += ["\n", ("log-spaced bins", "$text-muted")]
+        return Content.assemble(*lines)

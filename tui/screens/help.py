@@ -24,6 +24,10 @@ HELP = """\
                        the machine's roof (a: sub-layers too)
   o                    outlier moments: step, layer, time against its median, clock, throttle reasons
   d                    the diff of two recordings (moments replay A --compare B)
+  w                    all ranks of a sharded session: per layer each rank's p50 / latest moment, skew,
+                       culprit rank (slowest compute: moment − collective waits); a row per rank with its
+                       clock and step p50 against the worst rank.  There: m heatmap layers × ranks,
+                       l p50 / latest, h heat scale, esc back
   t                    next theme (dark, light, high contrast)
   x                    save an SVG screenshot in the current folder
   ?                    this help;   q / ctrl+c   quit (the recording is closed properly)

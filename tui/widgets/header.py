@@ -2,11 +2,39 @@
 
 from __future__ import annotations
 
+import math
+
 from rich.text import Text
 from textual.widgets import Static
 
+from llm_moments.engine.core.overhead import estimate_pct, fmt_pct
+
 from ..render import fmt_ms, visible
 from ..state import ViewState
+
+
+def overhead_pct(state: ViewState) -> float | None:
+    """The monitor's own cost as a share of a step: the newest measured figure (``overhead`` records),
+    else the header's estimate at start, else that estimate over the step p50 seen so far."""
+    o = state.overhead
+    if not isinstance(o, dict):
+        return None
+    pct = o.get("est_pct")
+    if isinstance(pct, (int, float)) and math.isfinite(pct):
+        return float(pct)
+    pair, hooks = o.get("hook_pair_us"), o.get("hooks_per_step")
+    if not isinstance(pair, (int, float)) or not isinstance(hooks, (int, float)):
+        return None
+    p50, _ = state.step_percentiles()
+    worker = o.get("worker_us_per_step")
+    return estimate_pct(pair, hooks, worker if isinstance(worker, (int, float)) else None,
+                        p50 if math.isfinite(p50) else None)
+
+
+def overhead_text(state: ViewState) -> str | None:
+    """'monitor ≈ 0.7 % of a step' (None when the session does not say)."""
+    pct = overhead_pct(state)
+    return None if pct is None else f"monitor ≈ {fmt_pct(pct)} of a step"
 
 
 class HeaderBar(Static):
@@ -53,6 +81,11 @@ class HeaderBar(Static):
                  f"step p50 {fmt_ms(p50)} ms  p99 {fmt_ms(p99)} ms")
         clock = h.get("clock", {}).get("source")
         t.append(f"  clock {visible(clock)}")
+        if state.ranks is not None and len(state.ranks.headers) > 1:   # a sharded session: this is one rank
+            t.append(f"  · rank {state.ranks.primary} of {len(state.ranks.headers)} (w: all ranks)", style="bold")
+        cost = overhead_text(state)
+        if cost:
+            t.append(f"  · {cost}", style="dim")
         if note:
             t.append(f"  · {visible(note)}")
         if state.recording_path:

@@ -8,6 +8,7 @@ from textual.widgets import Static
 
 from ..render import visible
 from ..state import ViewState
+from .header import overhead_text
 
 LEVEL_STYLE = {"error": "bold reverse $error", "warning": "bold $warning", "info": "$text-muted"}
 
@@ -33,10 +34,14 @@ class StatusLine(Static):
             return Content.assemble((visible(s.level), LEVEL_STYLE.get(s.level, "")), f" {visible(s.message)}")
         if state.header is not None:
             d = state.header.get("device", {})
+            cost = overhead_text(state)
+            cost_part = (f" · {cost}", "$text-muted") if cost else ""
             if d.get("kind") == "cpu":
                 src = state.header.get("clock", {}).get("source")
                 return Content.assemble(("CPU mode", "bold"),
-                                        f" · no GPU in use · cycles from the {visible(src)} clock",
+                                        f" · no GPU in use · cycles from the {visible(src)} clock", cost_part,
                                         ("   ? help", "$text-muted"))
+            if cost:
+                return Content.assemble((cost, "$text-muted"), ("   ? help", "$text-muted"))
             return Content.assemble(("? help", "$text-muted"))
         return Content(visible(state.loading or ""))
