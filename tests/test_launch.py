@@ -99,7 +99,8 @@ def test_inside_torchrun_and_stdin_inputs_are_refused(monkeypatch):
 
 
 def test_stream_with_tp_outside_a_launch_says_how_to_start_it(monkeypatch):
-    from llm_moments.engine.session.launch import LAUNCH_ENV, join_world
+    from llm_moments.engine.session.launch_checks import LAUNCH_ENV
+    from llm_moments.engine.session.rank import join_world
 
     monkeypatch.delenv(LAUNCH_ENV, raising=False)
     with pytest.raises(MomentsError, match="moments run --tp 2"):

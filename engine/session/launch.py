@@ -38,252 +38,21 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from llm_moments.engine.errors import MomentsError
+from llm_moments.engine.session.launch_checks import (  # noqa: F401  (where callers find them)
+    LAUNCH_ENV,
+    check_launch,
+    check_rank_records,
+    in_child,
+    launch_device,
+    world_size,
+)
 
-LAUNCH_ENV = "MOMENTS_LAUNCH"
-RANK_TIMEOUT_S = 120.0     # a collective that waits longer than this fails (a peer hung or went away)
 STOP_GRACE_S = 20.0        # after a quit: then SIGINT, then (after as long again) SIGKILL
 DEATH_EXITS = (0, 3, 130)  # exit statuses of a controlled end (completed, recording lost, interrupted)
-
-
-def world_size(args: argparse.Namespace) -> int:
-    return int(getattr(args, "tp", 1) or 1) * int(getattr(args, "pp", 1) or 1)
-
-
-def _flags(args: argparse.Namespace) -> str:
-    parts = [f"--tp {args.tp}"] if getattr(args, "tp", 1) > 1 else []
-    parts += [f"--pp {args.pp}"] if getattr(args, "pp", 1) > 1 else []
-    return " ".join(parts)
-
-
-def in_child() -> bool:
-    return LAUNCH_ENV in os.environ
-
-
-# -- checks (the parent, before anything starts) -------------------------------------------------------
-
-
-def launch_device(args: argparse.Namespace) -> str:
-    """``cpu`` or ``cuda`` for every rank (rank R on cuda:R); ``auto`` is CUDA only with a GPU per rank."""
-    import torch
-
-    n = world_size(args)
-    spec = (args.device or "auto").strip().lower()
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if spec == "auto":
-        return "cuda" if gpus >= n else "cpu"
-    if spec == "cpu":
-        return "cpu"
-    if spec == "cuda":
-        if gpus < n:
-            raise MomentsError(f"{_flags(args)} on CUDA needs {n} GPUs, one per rank; {gpus} visible "
-                               "(use --device cpu, or fewer ranks)")
-        return "cuda"
-    if spec.startswith("cuda:"):
-        raise MomentsError(f"{_flags(args)}: rank R runs on cuda:R; pick the GPUs with CUDA_VISIBLE_DEVICES "
-                           f"and give --device cuda, not {spec}")
-    raise MomentsError(f"unknown device {spec!r}: use auto, cpu, cuda or cuda:N")
-
-
-def _check_shape(args: argparse.Namespace, name: str, cfg: dict[str, Any]) -> None:
-    tp, pp = args.tp, args.pp
-    heads = cfg.get("num_attention_heads")
-    kv = cfg.get("num_key_value_heads") or heads
-    for what, n in (("attention heads", heads), ("key/value heads", kv)):
-        if tp > 1 and isinstance(n, int) and n % tp:
-            raise MomentsError(f"--tp {tp}: {name} has {n} {what}, which do not split into {tp} equal shards "
-                               f"(use a --tp that divides {n})")
-    layers = cfg.get("num_hidden_layers")
-    if pp > 1 and isinstance(layers, int) and layers < pp:
-        raise MomentsError(f"--pp {pp}: {name} has {layers} layers, fewer than the {pp} pipeline stages")
-
-
-def _check_model(args: argparse.Namespace) -> None:
-    """The model must be one transformers can shard (a tensor / pipeline plan in its config class)."""
-    from llm_moments.engine.session.models import check_model_spec
-    from llm_moments.engine.session.presets import PRESETS
-
-    kind = check_model_spec(args.model, "cpu", args.dtype if args.dtype != "auto" else "auto")
-    spec = args.model
-    what = "tensor-parallel" if args.tp > 1 else "pipeline"
-    if kind == "preset":
-        preset = PRESETS[spec]
-        if preset.get("arch") != "llama":
-            llamas = ", ".join(k for k, v in PRESETS.items() if v.get("arch") == "llama")
-            raise MomentsError(f"{_flags(args)}: {spec} cannot be split by transformers (no {what} plan for its "
-                               f"architecture); use --model {llamas} or a Llama-like model directory")
-        _check_shape(args, spec, preset)
-        return
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(spec, local_files_only=True, trust_remote_code=args.trust_remote_code)
-    except (OSError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise MomentsError(f"cannot read the configuration of {spec}: {first}") from None
-    sub = getattr(config, "get_text_config", lambda: config)()
-    for size, attr in ((args.tp, "base_model_tp_plan"), (args.pp, "base_model_pp_plan")):
-        if size > 1 and not (getattr(sub, attr, None) or getattr(config, attr, None)):
-            flag = "--tp" if attr.endswith("tp_plan") else "--pp"
-            raise MomentsError(f"{flag} {size}: {spec} ({getattr(config, 'model_type', '?')}) cannot be split by "
-                               f"transformers: its configuration has no {attr}; use a Llama-like model")
-    _check_shape(args, spec, sub.to_dict())
-
-
-def check_launch(args: argparse.Namespace) -> str:
-    """Every check of a multi-rank run that needs no rank: one MomentsError line each. Returns the
-    ranks' device kind. In a rank (``MOMENTS_LAUNCH`` set) the parent's record checks are skipped."""
-    n = world_size(args)
-    child = in_child()
-    if not child and os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1"):
-        raise MomentsError(f"{_flags(args)} starts its own ranks, but this process is already one of "
-                           f"{os.environ['WORLD_SIZE']} (torchrun?): use Monitor in your own script there")
-    if getattr(args, "inputs", None) == "-":
-        raise MomentsError(f"{_flags(args)}: --inputs - (stdin) cannot feed {n} ranks; give a file")
-    device = launch_device(args)
-    _check_model(args)
-    if args.record is not None and not child:
-        check_rank_records(args.record, n, force=getattr(args, "force", False))
-    return device
-
-
-def check_rank_records(base: str, n: int, force: bool = False) -> list[Path]:
-    """``run.rank0.jsonl`` … ``run.rank{n-1}.jsonl``, each new (or replaceable with ``force``); a rank file
-    of an earlier, larger session beside them is refused (a merged view would refuse the mix)."""
-    from llm_moments.engine.core.rankfiles import rank_files, split_rank
-    from llm_moments.engine.core.recording import check_record_path, rank_record_path
-
-    b, tagged = split_rank(base)
-    if tagged is not None:
-        raise MomentsError(f"--record {base}: give the base name ({b.name}); each rank adds .rank{{R}} itself")
-    paths = [check_record_path(rank_record_path(b, r), force=force) for r in range(n)]
-    stale = [r for r in rank_files(b) if r >= n]
-    if stale:
-        raise MomentsError(f"--record {base}: {rank_record_path(b, stale[0]).name} of an earlier session is "
-                           f"there too ({len(stale)} file{'s' if len(stale) > 1 else ''} beyond rank {n - 1}): "
-                           "move them away first")
-    return paths
-
-
-# -- a rank (the child) -------------------------------------------------------------------------------
-
-
-@dataclass
-class RankContext:
-    rank: int
-    local_rank: int
-    world: int
-    folder: Path
-    device: str            # "cpu" | "cuda"
-    backend: str
-    control: Any = None    # the gloo group the stop agreement runs on (None: the default group)
-
-
-def join_world(args: argparse.Namespace) -> RankContext | None:
-    """Join the launcher's world (None for a one-rank run). Raises MomentsError when ``--tp`` /
-    ``--pp`` reach a process that no ``moments run`` launched."""
-    n = world_size(args)
-    if n <= 1:
-        return None
-    spec = os.environ.get(LAUNCH_ENV)
-    if not spec:
-        raise MomentsError(f"{_flags(args)}: `moments stream` is one rank of `moments run {_flags(args)}`; "
-                           "start that instead")
-    info = json.loads(spec)
-    rank, local, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-    if world != n:
-        raise MomentsError(f"{_flags(args)} means {n} ranks, but the launcher started {world}")
-    import torch
-    import torch.distributed as dist
-
-    device = info.get("device", "cpu")
-    backend = "nccl" if device == "cuda" else "gloo"
-    kw: dict[str, Any] = {}
-    if device == "cuda":
-        torch.cuda.set_device(local)
-        kw["device_id"] = torch.device("cuda", local)
-    elif not getattr(args, "threads", None):   # N ranks share the cores: no oversubscription
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // n))
-    folder = Path(info["dir"])
-    store = dist.FileStore(str(folder / "store"), world)
-    dist.init_process_group(backend, store=store, rank=rank, world_size=world,
-                            timeout=timedelta(seconds=RANK_TIMEOUT_S), **kw)
-    control = dist.new_group(backend="gloo") if backend != "gloo" else None
-    return RankContext(rank, local, world, folder, device, backend, control)
-
-
-def agree_stop(ctx: RankContext, mine: bool) -> bool:
-    """Whether any rank wants to stop: one 1-integer all_reduce, called once per batch by every rank."""
-    import torch
-    import torch.distributed as dist
-
-    t = torch.tensor([1 if mine else 0], dtype=torch.int32)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=ctx.control)
-    return bool(t.item())
-
-
-def leave_world(ctx: RankContext | None) -> None:
-    if ctx is None:
-        return
-    with contextlib.suppress(Exception):
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
-
-
-def load_sharded(args: argparse.Namespace, ctx: RankContext):
-    """This rank's shard of the model (``DistributedConfig(tp_size, pp_size)``) as a ``LoadedModel``.
-    A preset is built once by rank 0 (same seed, random weights) into the launch folder."""
-    import torch
-    import torch.distributed as dist
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.distributed import DistributedConfig
-
-    from llm_moments.engine.session import models as M
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    dev = torch.device("cuda", ctx.local_rank) if ctx.device == "cuda" else torch.device("cpu")
-    dt = M.resolve_dtype(args.dtype, dev)
-    spec = args.model
-    random_weights = False
-    if spec in M.PRESETS:
-        where = ctx.folder / "model"
-        if ctx.rank == 0:
-            model, _, _, _ = M._build_preset(spec)
-            model.save_pretrained(where)
-            del model
-        dist.barrier()
-        tokenizer = AutoTokenizer.from_pretrained(M.minilm_dir())
-        name, source, random_weights = spec, "preset", True
-        kw: dict[str, Any] = {}
-    else:
-        path = Path(spec).expanduser()
-        where = path if path.exists() else spec
-        name, source = (str(path.resolve()), "directory") if path.exists() else (spec, "hub-cache")
-        kw = {"local_files_only": True, "trust_remote_code": args.trust_remote_code}
-        tokenizer = AutoTokenizer.from_pretrained(where, **kw)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            where, distributed_config=DistributedConfig(tp_size=args.tp, pp_size=args.pp), dtype=dt, **kw).eval()
-    except (OSError, ValueError) as exc:
-        raise MomentsError(f"cannot load {spec} split {_flags(args)}: {M._first_line(exc)}") from None
-    if getattr(tokenizer, "pad_token_id", None) is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
-    config = model.config
-    info = {"name": name, "source": source, "architecture": type(model).__name__,
-            "model_type": getattr(config, "model_type", None), "parameters": M._count_params(model),
-            "dtype": str(dt).replace("torch.", ""), "random_weights": random_weights, "generative": True,
-            "split": {"tp": args.tp, "pp": args.pp}}
-    positions = M._config_positions(config.to_dict())
-    return M.LoadedModel(model, tokenizer, dev, dt, True, info, positions)
 
 
 # -- the parent: N children, one buffer ---------------------------------------------------------------
@@ -608,5 +377,5 @@ def _print_merged(args: argparse.Namespace, err: Any, temporary: bool) -> None:
             print(f"recorded {len(rs.files)} ranks to {names} (in {visible(rs.base.parent)})", file=sys.stderr)
 
 
-__all__ = ["LAUNCH_ENV", "RankContext", "RankGroup", "agree_stop", "check_launch", "check_rank_records",
-           "join_world", "launch_device", "leave_world", "load_sharded", "run_headless", "world_size"]
+__all__ = ["LAUNCH_ENV", "RankGroup", "check_launch", "check_rank_records", "in_child", "launch_device",
+           "run_headless", "world_size"]

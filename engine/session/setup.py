@@ -112,6 +112,11 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="clock samples per second, from 0.1 to 20 (default 10)")
     g.add_argument("--util-hz", type=rate_hz, default=5.0,
                    help="utilization samples per second, from 0.1 to 10 (default 5)")
+    g.add_argument("--ops", default=None, metavar="LAYER",
+                   help="ops mode: time each operator LAYER (index or name) runs, for --ops-steps steps "
+                        "(ops records); that layer runs several times slower while on. Off by default")
+    g.add_argument("--ops-steps", type=bounded_int(1, 1000), default=8, metavar="N",
+                   help="steps that --ops times (default 8)")
     g.add_argument("--no-calibrate", action="store_true",
                    help="skip the roofline calibration (a matmul and a copy, ~2 s, cached per device)")
     g = p.add_argument_group("sharding (local ranks)")
@@ -177,7 +182,7 @@ def check_run_options(args: argparse.Namespace) -> list[str]:
     from llm_moments.engine.session.models import check_model_spec, position_limit
 
     if ranks > 1:   # before the model spec: the device rules differ (one GPU per rank)
-        from llm_moments.engine.session.launch import check_launch
+        from llm_moments.engine.session.launch_checks import check_launch
 
         check_launch(args)
     else:

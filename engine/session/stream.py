@@ -4,7 +4,8 @@ The live UI runs the engine in a child process so that drawing never competes wi
 the GIL (in quick runs on a busy machine, a Python-heavy decode loop ran 1.5–2.3× slower with the UI
 in the same process). Records go out on the process's original stdout; fd 1 is pointed at stderr
 first, so a stray print from a library cannot corrupt the stream. Commands come in on stdin, one JSON object a line:
-``{"cmd": "record", "path": P}``, ``{"cmd": "stop-record"}``, ``{"cmd": "quit"}`` (footer
+``{"cmd": "record", "path": P}``, ``{"cmd": "stop-record"}``, ``{"cmd": "ops", "layer": I, "steps": N}``
+(ops mode, engine/core/ops.py), ``{"cmd": "quit"}`` (footer
 ``completed``) or ``{"cmd": "quit", "reason": "interrupted"}`` (the UI got a signal or lost its
 terminal). End of stdin without a quit, or a broken stdout pipe, means the UI is gone: an
 ``interrupted`` end, so the engine never outlives its UI. SIGINT, SIGTERM and SIGHUP, once or
@@ -134,6 +135,11 @@ def serve(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
                     out.put({"type": "status", "level": "error", "message": str(exc)})
             elif name == "stop-record":
                 monitor.stop_recording()
+            elif name == "ops":  # ops mode on one layer for the next N steps (engine/core/ops.py)
+                try:
+                    monitor.start_ops(cmd.get("layer"), cmd.get("steps"))
+                except MomentsError as exc:
+                    out.put({"type": "status", "level": "error", "message": str(exc)})
         interrupted.set()  # stdin closed without a quit: the UI is gone (killed, or it crashed)
         stop.set()
         end_now_if_loading()
@@ -143,26 +149,28 @@ def serve(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
     ctx = None   # one rank of `moments run --tp N` (engine/session/launch.py): the world it joined
     reason, failure, code = "completed", None, 0
     try:
-        from llm_moments.engine.session import launch
+        from llm_moments.engine.session import rank
 
         out.put({"type": "loading", "message": f"loading {args.model}…"})
-        ctx = launch.join_world(args)
+        ctx = rank.join_world(args)
         if ctx is None:
             texts, loaded = prepare_session(args)
         else:   # every rank takes the same steps: no early exits between collectives
             from llm_moments.engine.session.setup import check_run_options
 
             texts = check_run_options(args)
-            loaded = launch.load_sharded(args, ctx)
+            loaded = rank.load_sharded(args, ctx)
         if ctx is not None or not stop.is_set():
             out.put({"type": "loading", "message": f"warming up {args.model}…"})
             box["step_ms"] = warm_up(args, loaded, texts)
         box["loading"] = False  # from here an end is a controlled one: footer written
-        agree = None if ctx is None else (lambda wish: launch.agree_stop(ctx, wish))
+        agree = None if ctx is None else (lambda wish: rank.agree_stop(ctx, wish))
         if not (agree(stop.is_set()) if agree is not None else stop.is_set()):
             monitor = make_monitor(args, loaded, [out.put], step_ms_hint=box.get("step_ms"))
             box["monitor"] = monitor
             monitor.start()
+            if getattr(args, "ops", None) is not None:
+                monitor.start_ops(args.ops, args.ops_steps)
             if args.record:
                 out.put({"type": "recording", "path": str(monitor.recorder.path)})
             stream(loaded, texts, monitor, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
@@ -182,7 +190,7 @@ def serve(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
             out.put({"type": "error", "message": failure})
         out.close()
         if ctx is not None:
-            from llm_moments.engine.session.launch import leave_world
+            from llm_moments.engine.session.rank import leave_world
 
             leave_world(ctx)
     if ctx is not None:
