@@ -216,7 +216,9 @@ def test_memory_sharing_rule():
     from llm_moments.engine.session.models import load_model
 
     p = argparse.ArgumentParser()
-    cli._add_compare_parser(p.add_subparsers(dest="command"))
+    from llm_moments.engine.cli.parser import _add_compare_parser
+
+    _add_compare_parser(p.add_subparsers(dest="command"))
     args = p.parse_args([*COMMON, "--variant", "base:", "--variant", "t: --threads 2 --batch-size 2",
                          "--variant", "attn: --attn eager --cache static", "--variant", "bf16: --dtype bfloat16",
                          "--variant", "int8: --quantize int8-dynamic", "--variant", "drop: --drop-layers 5"])

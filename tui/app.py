@@ -54,6 +54,7 @@ class MomentsApp(App):
         Binding("w", "ranks", "ranks", show=False),
         Binding("m", "toggle_heatmap", "heatmap", show=False),
         Binding("h", "heatmap_scale", "heat scale", show=False),
+        Binding("v", "heatmap_values", "moments / gaps", show=False),
         Binding("full_stop", "replay_step", "step", show=False),
         Binding("left_square_bracket", "replay_seek(-10)", show=False),
         Binding("right_square_bracket", "replay_seek(10)", show=False),
@@ -260,6 +261,12 @@ class MomentsApp(App):
         if self.main is not None:
             self.main.toggle_heatmap()
             self.redraw()
+
+    def action_heatmap_values(self) -> None:
+        """The heatmap's values: moments, or the gap before each top-level layer."""
+        for heatmap in self.query(Heatmap) if self.main is None else self.main.query(Heatmap):
+            heatmap.toggle_values()
+        self.redraw()
 
     def action_heatmap_scale(self) -> None:
         for heatmap in self.query(Heatmap) if self.main is None else self.main.query(Heatmap):

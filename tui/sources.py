@@ -146,6 +146,10 @@ class LiveSource(_Buffered):
     def stop_recording(self) -> None:
         self._send({"cmd": "stop-record"})
 
+    def start_ops(self, layer: int, steps: int = 8) -> None:
+        """Ops mode on ``layer`` for the next ``steps`` steps (engine/core/ops.py): ``ops`` records come back."""
+        self._send({"cmd": "ops", "layer": int(layer), "steps": int(steps)})
+
     def stop(self, timeout_s: float = 30.0, interrupted: bool = False) -> None:
         """Ask the engine to stop after the current step; it writes the footer, then exits.
 

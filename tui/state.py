@@ -51,6 +51,7 @@ class LayerView:
     flops_per_s: np.ndarray | None = None   # achieved, Σ FLOPs / Σ time over the window
     roof_pct: np.ndarray | None = None      # of the attainable roof at the layer's intensity
     memory_bound: np.ndarray | None = None
+    gap_ms: np.ndarray | None = None        # mean gap before each top-level layer (steptable.layer_gaps)
 
 
 @dataclass
@@ -87,6 +88,7 @@ class ViewState:
     ranks: Any = None
     primary_rank: int | None = None
     _pending: list = field(default_factory=list)   # steps of this batch, converted together
+    ops: dict = field(default_factory=dict)        # layer index → its newest ``ops`` record (ops mode)
 
     # -- reducer ----------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -137,6 +139,8 @@ class ViewState:
                 self.statuses.append(Status("error", self.error or "engine error"))
             elif rtype == "recording":
                 self.recording_path = record.get("path")
+            elif rtype == "ops" and type(record.get("layer")) is int:
+                self.ops[record["layer"]] = record
         self._flush()   # (the merged view folds its ranks' steps when it is drawn: RankLive.view)
         if n:
             self.version += 1
@@ -286,8 +290,22 @@ class ViewState:
         if self.outlier_log is not None and self.step_meta:
             # the table's "!" is the outlier log's verdict on the newest step (one detector for all)
             view.outlier = self.outlier_log.newest_mask(self.step_meta[-1][0], len(mean))
+        view.gap_ms = self.gap_means()
         view.order = self.sort_order(view)
         return view
+
+    def gaps(self, last: int) -> np.ndarray:
+        """[steps, layers] gap before each top-level layer in the newest ``last`` steps (NaN: none)."""
+        from llm_moments.engine.analysis.steptable import layer_gaps
+
+        a = self.stats.arrays(last=last, fields=("start_ms", "layer_ms"))
+        return layer_gaps(a["start_ms"], a["layer_ms"], self.stats.parents)
+
+    def gap_means(self) -> np.ndarray:
+        g = self.gaps(STATS_WINDOW_STEPS)
+        ok = np.isfinite(g)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(ok.any(axis=0), np.where(ok, g, 0).sum(axis=0) / ok.sum(axis=0), np.nan)
 
     def sort_order(self, view: LayerView) -> np.ndarray:
         n = len(view.names)
@@ -332,10 +350,13 @@ class ViewState:
                                  "p50": float(p50), "p90": float(p90), "p99": float(p99)}
         return {"counts": counts, "edges": edges, "by_kind": by_kind}
 
-    def heatmap(self, last: int) -> np.ndarray:
-        """[layers, steps] moments of the newest ``last`` steps (NaN where a layer did not run)."""
+    def heatmap(self, last: int, values: str = "moments") -> np.ndarray:
+        """[layers, steps] moments (``values="gaps"``: the gap before each top-level layer) of the
+        newest ``last`` steps (NaN where a layer did not run)."""
         if not self.stats or not self.stats.n_steps:
             return np.zeros((len(self.layer_names), 0))
+        if values == "gaps":
+            return self.gaps(last).T
         return self.stats.arrays(last=last, fields=("layer_ms",))["layer_ms"].T
 
     def clock_history(self, key: str = "clock_mhz", last: int = 120) -> list[float]:

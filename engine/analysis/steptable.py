@@ -15,6 +15,7 @@ dicts), either growing (a recording) or as a ring of the newest ``capacity`` ste
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -27,42 +28,68 @@ STEP_FIELDS = {"index": np.int64, "kind": "<U8", "t_ns": np.int64, "wall_ms": np
                "hooks_fired": bool, "throttle": object}
 WORK_FIELDS = ("positions", "context")  # per layer and step, from the header's work columns (core/work.py)
 CHUNK = 4096
+_ROWS = frozenset({list, tuple})
+_KINDS = frozenset({"prefill", "decode", "encode"})  # any other kind (the reader refuses it) goes through str()
 
 
 def _convert(steps: Sequence[dict[str, Any]], n_layers: int,
              coeffs: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Records → arrays: the one None → NaN conversion of the project."""
+    m = len(steps)
+
+    def column(key: str) -> list[Any]:
+        return [s.get(key) for s in steps]
+
     def layer(key: str) -> np.ndarray:
-        rows = [s.get(key) for s in steps]
+        rows = column(key)
+        if rows.count(None) == m:  # a field this recording does not have
+            return np.full((m, n_layers), np.nan)
+        try:  # the usual chunk: every row a list of n numbers (or None: NaN) → one C conversion
+            if set(map(type, rows)) <= _ROWS and set(map(len, rows)) == {n_layers}:
+                try:
+                    arr = np.fromiter(chain.from_iterable(rows), np.float64, m * n_layers)
+                except TypeError:  # a None among them
+                    arr = np.array(rows, dtype=np.float64)
+                return _measured(arr.reshape(m, n_layers))
+        except (TypeError, ValueError, OverflowError):
+            pass
         rows = [r if type(r) in (list, tuple) and len(r) == n_layers else (None,) * n_layers for r in rows]
         try:
-            arr = np.array(rows, dtype=np.float64).reshape(len(steps), n_layers)  # None → NaN
+            arr = np.array(rows, dtype=np.float64).reshape(m, n_layers)  # None → NaN
         except (TypeError, ValueError, OverflowError):  # a record the reader did not check: row by row
-            arr = np.array([_float_row(r, n_layers) for r in rows], dtype=np.float64).reshape(len(steps), n_layers)
+            arr = np.array([_float_row(r, n_layers) for r in rows], dtype=np.float64).reshape(m, n_layers)
         return _measured(arr)
 
     def step(key: str, dtype: Any, default: Any) -> np.ndarray:
-        values = [default if v is None else v for v in (s.get(key) for s in steps)]
+        values = column(key)
+        if None in values:
+            values = [default if v is None else v for v in values]
         try:
             out = np.array(values, dtype=dtype)
         except (TypeError, ValueError, OverflowError):
             out = np.array([_scalar(v, dtype, default) for v in values], dtype=dtype)
         return _measured(out) if out.dtype == np.float64 else out
 
+    kinds = column("kind")
+    try:
+        known = set(kinds) <= _KINDS
+    except TypeError:  # a list or a map where the kind is
+        known = False
     out = {name: layer(key) for name, key in LAYER_FIELDS.items()}
-    out.update(index=step("index", np.int64, -1), kind=np.array([str(s.get("kind") or "?") for s in steps], "<U8"),
+    kind = np.array(kinds if known else [str(k or "?") for k in kinds], "<U8")
+    out.update(index=step("index", np.int64, -1), kind=kind,
                t_ns=step("t_ns", np.int64, 0), wall_ms=step("wall_ms", np.float64, np.nan),
                tokens=step("tokens", np.int64, 0), batch=step("batch", np.int64, 0),
                seq_len=step("seq_len", np.int64, 0), past_len=step("past_len", np.int64, 0),
                clock_mhz=step("clock_mhz", np.float64, np.nan),
-               hooks_fired=np.array([s.get("hooks_fired") is not False for s in steps], dtype=bool))
-    throttle = np.empty(len(steps), dtype=object)
-    throttle[:] = [tuple(r) if type(r) in (list, tuple) else () for r in (s.get("throttle_reasons") for s in steps)]
+               hooks_fired=np.array([v is not False for v in column("hooks_fired")], dtype=bool))
+    throttle = np.empty(m, dtype=object)
+    throttle[:] = [tuple(r) if type(r) in (list, tuple) else () for r in column("throttle_reasons")]
     out["throttle"] = throttle
     if coeffs is not None:  # what each layer computed: positions, and the keys its attention spanned
         _, out["positions"], out["context"] = work_inputs(coeffs, steps)
     else:
-        out["positions"] = out["context"] = np.full((len(steps), n_layers), np.nan)
+        out["positions"] = out["context"] = np.full((m, n_layers), np.nan)
     return out
 
 
@@ -213,6 +240,11 @@ class StepTable:
     def of_kind(self, kind: str) -> "StepTable":
         return self.take(self.column("kind") == kind)
 
+    @property
+    def gap_ms(self) -> np.ndarray:
+        """[steps, layers] gap before each top-level layer (``layer_gaps``: start − previous end)."""
+        return layer_gaps(self.start_ms, self.ms, self.parents)
+
     def work(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(FLOPs, bytes) [steps, layers]: core/work.py's formula over the header's coefficients and the
         ``positions`` / ``context`` worked out when the steps were added; None without coefficients."""
@@ -220,3 +252,27 @@ class StepTable:
             return None
         batch = np.maximum(self.batch, 1).astype(np.float64)
         return apply_work(self.coeffs, batch, self.positions, self.context)
+
+
+def layer_gaps(start_ms: np.ndarray, ms: np.ndarray, parents: Sequence[int | None]) -> np.ndarray:
+    """Gap before each top-level layer, [steps, layers] ms: its start − the end of the top-level layer
+    that ran before it in the same step (the first one: its start − the step's start, 0 ms). Launch
+    gaps and Python between layers: the launch-bound decode signature. NaN for sub-layers, for a layer
+    that did not run and where starts were not recorded. Layers are ordered by start, not header order."""
+    start = np.asarray(start_ms, dtype=np.float64)
+    dur = np.asarray(ms, dtype=np.float64)
+    out = np.full(start.shape, np.nan)
+    if start.ndim != 2 or not start.size:
+        return out
+    top = np.array([p is None for p in parents], dtype=bool)
+    st = np.where(top & np.isfinite(start) & np.isfinite(dur), start, np.nan)
+    order = np.argsort(np.where(np.isnan(st), np.inf, st), axis=1, kind="stable")
+    s_sorted = np.take_along_axis(st, order, axis=1)
+    end_sorted = s_sorted + np.take_along_axis(dur, order, axis=1)
+    prev_end = np.zeros_like(s_sorted)
+    prev_end[:, 1:] = end_sorted[:, :-1]
+    gap_sorted = s_sorted - prev_end
+    np.put_along_axis(out, order, gap_sorted, axis=1)
+    out[:, ~top] = np.nan
+    return out
+

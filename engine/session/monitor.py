@@ -122,6 +122,9 @@ class Monitor:
         self.step_ms_hint = step_ms_hint if isinstance(step_ms_hint, (int, float)) and step_ms_hint > 0 else None
         self.overhead: dict[str, Any] | None = None
         self._meter: OverheadMeter | None = None
+        # Ops mode (engine/core/ops.py): a probe asked for (any thread), attached at the next step begin
+        self._ops_request: Any = None
+        self._ops: Any = None
 
     # -- life cycle -------------------------------------------------------------------------------
     def add_listener(self, fn: Listener) -> None:
@@ -197,6 +200,9 @@ class Monitor:
             return self.footer or {}
         self.stopped = True
         self.hooks.detach()
+        if self._ops is not None:
+            self._ops.detach()
+            self._ops = None
         if self._inst is not None:
             self._inst.close()
         self._head_probe.detach()
@@ -236,11 +242,24 @@ class Monitor:
         self.timer.begin_step()
         if self._inst is not None:
             self._inst.begin_step()
+        if self._ops_request is not None:  # ops mode: hooks added here, on the inference thread
+            self._ops, self._ops_request = self._ops_request.attach(), None
 
     def _on_step_end(self, aborted: bool = False) -> None:
         pending = self.timer.end_step()
         waits = self._inst.end_step() if self._inst is not None else None
         self._head_probe.close()
+        ops = self._ops
+        if ops is not None:
+            ops_pending = ops.end_step(self._open_step[0])
+            if ops.done:
+                ops.detach()
+                self._ops = None
+                self._status(f"ops mode off for layer {ops.layer}", level="info")
+            if aborted:
+                ops.discard(ops_pending)
+            elif ops_pending is not None:
+                self._queue.put(("ops", ops, ops_pending))
         if aborted:
             self.timer.discard(pending)
             if waits is not None:
@@ -293,6 +312,9 @@ class Monitor:
         try:
             if isinstance(item, tuple) and item[0] == "record":
                 self._switch_recorder(item[1])
+                return
+            if isinstance(item, tuple) and item[0] == "ops":
+                self._emit(item[1].resolve(item[2]))
                 return
             if isinstance(item, tuple):
                 record = self._resolve_step(*item[1:])
@@ -468,6 +490,32 @@ class Monitor:
         if self.record_text and self.started and not self.stopped:
             self._queue.put({"type": "text", "t_ns": time.perf_counter_ns() - self.t0_ns,
                              "after_step": self.steps_started - 1, "prompts": prompts, "outputs": outputs})
+
+    def start_ops(self, layer: int | str, steps: int | None = None) -> int:
+        """Ops mode (engine/core/ops.py): time each operator ``layer`` (index or name) runs for the next
+        ``steps`` steps, as ``ops`` records. Any thread; it starts with the next step. Returns the
+        layer's index; a layer that is not here or a bad ``steps`` raises MomentsError."""
+        from llm_moments.engine.core import ops as _ops
+
+        try:
+            index = _ops.find_layer(self.layers, layer)
+            steps = _ops.check_steps(_ops.DEFAULT_STEPS if steps is None else steps)
+        except ValueError as exc:
+            raise MomentsError(str(exc)) from None
+        entry = self.layers[index]
+        if not entry.present or entry.synthetic:
+            raise MomentsError(f"layer {index} ({entry.name}) runs no operators here: ops mode needs a module "
+                               "this process runs")
+        devices = getattr(self, "layer_devices", None)
+        device = (devices[index] if devices and index < len(devices) else None) or self.device
+        pool = None
+        if torch.device(device).type == "cuda":
+            with torch.cuda.device(torch.device(device)):
+                pool = _ops.EventPool()
+        self._ops_request = _ops.OpsProbe(entry.module, index, steps, pool=pool)
+        self._status(f"ops mode on for layer {index} ({entry.name}), {steps} steps: this layer runs several "
+                     "times slower while on", level="info")
+        return index
 
     def note_status(self, message: str, level: str = "warning") -> None:
         self._status(message, level)

@@ -4,6 +4,8 @@ Scales are robust (tui/render.py): the history chart's top comes from p0.5–p99
 bins span p1–p99, so one 80 ms hiccup among thousands of 0.8 ms moments is a marked, labelled outlier
 (``▲``, an overflow count) instead of the scale that flattens everything else. ``w`` switches the
 graph at the bottom between the clock and the power drawn (GPU) over the same recent samples.
+``b`` (live sessions) turns ops mode on for this layer for a few steps (engine/core/ops.py): the
+operators it ran, their calls, time and share of the layer, and what the mode cost while it was on.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ class LayerDetailScreen(Screen):
     BINDINGS = [Binding("escape,backspace", "app.pop_screen", "back"),
                 Binding("left", "neighbour(-1)", "previous layer"),
                 Binding("right", "neighbour(1)", "next layer"),
-                Binding("w", "switch_graph", "clock / power")]
+                Binding("w", "switch_graph", "clock / power"),
+                Binding("b", "ops", "ops breakdown", show=False)]
+    OPS_STEPS = 8
     DEFAULT_CSS = """
     LayerDetailScreen #title { height: 1; background: $panel; padding: 0 1; text-style: bold; }
     LayerDetailScreen Static.box { border: round $primary; border-title-color: $foreground; padding: 0 1; }
@@ -47,6 +51,8 @@ class LayerDetailScreen(Screen):
     LayerDetailScreen #row > Static { width: 1fr; height: auto; }
     LayerDetailScreen #slowest { height: auto; }
     LayerDetailScreen #clockgraph { height: auto; }
+    LayerDetailScreen #ops { height: auto; display: none; }
+    LayerDetailScreen #ops.-on { display: block; }
     """
 
     GRAPHS = ("clock", "power")
@@ -55,6 +61,7 @@ class LayerDetailScreen(Screen):
         super().__init__()
         self.index = index
         self.graph = "clock"
+        self._ops_asked = False
 
     def compose(self) -> ComposeResult:
         yield Static(id="title")
@@ -64,6 +71,7 @@ class LayerDetailScreen(Screen):
                 yield Static(id="histogram", classes="box")
                 yield Static(id="numbers", classes="box")
             yield Static(id="children", classes="box")
+            yield Static(id="ops", classes="box")
             yield Static(id="slowest", classes="box")
             yield Static(id="clockgraph", classes="box")
         yield Footer()
@@ -71,7 +79,8 @@ class LayerDetailScreen(Screen):
     def on_mount(self) -> None:
         for wid, title in (("history", "moment history"), ("histogram", "distribution"),
                            ("numbers", "time and cycles"), ("children", "sub-layers (share of this layer)"),
-                           ("slowest", "slowest moments and the clock then")):
+                           ("slowest", "slowest moments and the clock then"),
+                           ("ops", "operators (b: ops mode)")):
             self.query_one(f"#{wid}").border_title = title
         self.show(self.app.state)
 
@@ -80,6 +89,21 @@ class LayerDetailScreen(Screen):
         if n:
             self.index = (self.index + delta) % n
             self.show(self.app.state)
+
+    def action_ops(self) -> None:
+        start = getattr(self.app.source, "start_ops", None)
+        if start is None or not getattr(self.app.source, "can_record", False):
+            self.app.notify(f"ops mode is for live sessions; this is a {self.app.state.mode}", severity="warning")
+            return
+        try:
+            start(self.index, self.OPS_STEPS)
+        except Exception as exc:  # the engine is gone: say so, never crash the UI
+            self.app.notify(str(exc), severity="error")
+            return
+        self._ops_asked = True
+        self.show(self.app.state)
+        self.app.notify(f"ops mode on for {self.OPS_STEPS} steps: this layer runs several times slower while on",
+                        timeout=4)
 
     def action_switch_graph(self) -> None:
         self.graph = self.GRAPHS[(self.GRAPHS.index(self.graph) + 1) % len(self.GRAPHS)]
@@ -127,6 +151,9 @@ class LayerDetailScreen(Screen):
         else:
             self.query_one("#children", Static).update(
                 "no sub-layers timed at this depth (run with --depth sublayers or leaves)")
+        ops_box = self.query_one("#ops", Static)
+        ops_box.set_class(self.index in state.ops or self._ops_asked, "-on")  # shown once asked for
+        ops_box.update(self._ops(state.ops.get(self.index), d["p50_ms"]))
         rows = [f"{'step':>7} {'kind':<8} {'moment':>10} {'clock':>10}  throttle"]
         for s in d["slowest"]:
             step = visible(s["step"]) if s["step"] is not None else "?"
@@ -158,6 +185,32 @@ class LayerDetailScreen(Screen):
         box.update(Content.assemble((spark(values, width), "$primary"), "\n",
                                     f"now {fmt_mhz(values[-1])} · {fmt_mhz(min(values))} to {fmt_mhz(max(values))} "
                                     f"· newest {len(values)} samples"))
+
+    @staticmethod
+    def _ops(record: dict | None, usual_ms: float) -> Content | str:
+        """The newest ops record of this layer: op, calls, time, share of the layer; the mode's cost."""
+        if not record:
+            return "waiting for the operator times (ops mode starts with the next step)"
+        from llm_moments.engine.core.ops import slowdown
+
+        span = record.get("layer_ms")
+        ops = [o for o in record.get("ops") or [] if isinstance(o, dict)]
+        lines = [f"{'operator':<28} {'calls':>6} {'ms':>9} {'share':>7}"]
+        for o in ops[:20]:
+            ms = o.get("ms")
+            ms = float(ms) if isinstance(ms, (int, float)) else math.nan
+            share = ms / span if isinstance(span, (int, float)) and span > 0 else math.nan
+            lines.append(f"{visible(o.get('name'))[-28:]:<28} {visible(o.get('calls')):>6} {fmt_ms(ms):>9} "
+                         f"{share * 100 if math.isfinite(share) else 0:6.1f}%")
+        if len(ops) > 20:
+            lines.append(f"… {len(ops) - 20} more")
+        total = sum(float(o["ms"]) for o in ops if isinstance(o.get("ms"), (int, float)))
+        factor = slowdown(record, usual_ms)
+        cost = (f"ops mode: this layer runs ~{factor:.1f}× slower while on" if factor is not None
+                else "ops mode: this layer runs several times slower while on")
+        return Content.assemble(Content("\n".join(lines)), "\n",
+                                f"step {visible(record.get('step'))} · Σ ops {fmt_ms(total)} ms of "
+                                f"{fmt_ms(span)} ms with the mode on · ", (cost, "$warning"))
 
     @staticmethod
     def _calls(d: dict) -> list:

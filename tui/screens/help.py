@@ -13,13 +13,17 @@ HELP = """\
 
 [b]Main screen[/b]
   ↑ ↓ j k  PgUp PgDn   move in the layer table
-  enter / double click open the layer's detail screen (history, histogram, sub-layers, slowest moments)
+  enter / double click open the layer's detail screen (history, histogram, sub-layers, slowest moments);
+                       there, b (live): ops mode, each operator the layer runs timed for 8 steps
+                       (op, calls, time, share of the layer; the layer runs several times slower meanwhile)
   s                    sort by the next column (order, last, mean, p50, p99, cycles, share, GFLOP/s, roof%)
   S                    reverse the sort;   click a column title: sort by it
   space / p            pause: the table and step views freeze, clocks keep moving (replay: pause playback)
   r                    start / stop recording this session to a file (live sessions)
   m                    narrow terminals: heatmap in place of the table
   h                    heatmap colour scale: all layers (log) / each layer's own range
+  v                    heatmap values: moments / gaps (time before each top-level layer since the
+                       previous one ended: launch gaps, Python between layers)
   f                    roofline: each layer's achieved FLOP/s against its arithmetic intensity, under
                        the machine's roof (a: sub-layers too)
   o                    outlier moments: step, layer, time against its median, clock, throttle reasons
@@ -44,7 +48,8 @@ HELP = """\
 [b]Columns[/b]  last / mean / p50 / p99 moment in ms (over the last 256 steps); cycles = moment × clock
   (GPU SM clock from NVML, or the CPU clock — labelled nominal when that is all there is);
   share = the layer's part of the step time; GFLOP/s achieved and roof% = of the attainable roof at the
-  layer's arithmetic intensity, m / c = memory- / compute-bound (work counted from the modules' shapes).
+  layer's arithmetic intensity, m / c = memory- / compute-bound (work counted from the modules' shapes);
+  gap ms = mean time before a top-level layer since the previous one ended (wide terminals).
 
 esc or ? to close
 """

@@ -1,5 +1,7 @@
 """Heatmap of layers × recent steps (colour = moment time): a slow layer is a bright row, a slow
-step a bright column. Line API: only visible rows are drawn."""
+step a bright column. ``v`` shows the gaps instead: the time before each top-level layer since the
+previous one ended (launch gaps, Python between layers; steptable.layer_gaps). Line API: only
+visible rows are drawn."""
 
 from __future__ import annotations
 
@@ -28,13 +30,19 @@ class Heatmap(ScrollView):
         self.levels = np.zeros((0, 0), dtype=np.int16)   # -1: the layer did not run
         self.per_layer = False
         self.top_only = True
+        self.values = "moments"   # or "gaps": ViewState.heatmap(last, values)
 
     def on_mount(self) -> None:
         self._title()
 
     def _title(self) -> None:
         scale = "each layer's own range" if self.per_layer else "log scale, all layers"
-        self.border_title = f"layers × steps ({scale})"
+        what = "gap before each layer" if self.values == "gaps" else "layers × steps"
+        self.border_title = f"{what} ({scale})"
+
+    def toggle_values(self) -> None:
+        self.values = "gaps" if self.values == "moments" else "moments"
+        self._title()
 
     def toggle_scale(self) -> None:
         self.per_layer = not self.per_layer

@@ -40,6 +40,7 @@ COLUMNS = [
     Column("share", "share", 7, 0),
     Column("flops", "GFLOP/s", 9, 2),
     Column("roof", "roof%", 7, 2),
+    Column("", "gap ms", 9, 4),      # mean gap before a top-level layer (launch gaps, Python between)
     Column("", "", 9, 3),            # share bar
     Column("", "recent", 13, 3),     # sparkline
 ]
@@ -207,6 +208,9 @@ class LayerTable(ScrollView, can_focus=True):
         if col.key == "share":
             s = v.share[i]
             return (f"{s * 100:5.1f}%" if not math.isnan(s) else "—").rjust(w - 1) + " ", None
+        if col.title == "gap ms":
+            g = v.gap_ms[i] if v.gap_ms is not None else np.nan
+            return (fmt_ms(g) if np.isfinite(g) else "").rjust(w - 1) + " ", styles["muted"]
         if col.title == "recent":
             recent = v.recent_ms[i]
             finite = recent[np.isfinite(recent)]
