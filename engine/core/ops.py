@@ -25,12 +25,14 @@ from __future__ import annotations
 import collections
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from llm_moments.engine.errors import MomentsError
 
 DEFAULT_STEPS = 8
 MAX_STEPS = 1000
@@ -69,7 +71,7 @@ class EventPool:
 class _Timed(TorchDispatchMode):
     """Times every operator dispatched while it is on into its probe's per-step lists."""
 
-    def __init__(self, probe: "OpsProbe"):
+    def __init__(self, probe: OpsProbe):
         super().__init__()
         self.probe = probe
 
@@ -119,7 +121,7 @@ class OpsProbe:
     def done(self) -> bool:
         return self.steps_left <= 0
 
-    def attach(self) -> "OpsProbe":
+    def attach(self) -> OpsProbe:
         if not self._handles:
             self._handles = [self.module.register_forward_pre_hook(self._pre),
                              self.module.register_forward_hook(self._post, always_call=True)]
@@ -228,3 +230,26 @@ def slowdown(record: dict[str, Any], usual_ms: float) -> float | None:
     if not isinstance(span, (int, float)) or not usual_ms or not math.isfinite(usual_ms) or usual_ms <= 0:
         return None
     return span / usual_ms
+
+
+def make_probe(layers: Sequence[Any], layer_devices: Sequence[Any] | None, default_device: Any,
+               layer: int | str, steps: int | None) -> tuple[OpsProbe, str]:
+    """The probe for ``layer`` (index or name) over the next ``steps`` steps, and the status line that
+    says it is on. A layer that is not here or a bad ``steps`` raises MomentsError."""
+    try:
+        index = find_layer(layers, layer)
+        steps = check_steps(DEFAULT_STEPS if steps is None else steps)
+    except ValueError as exc:
+        raise MomentsError(str(exc)) from None
+    entry = layers[index]
+    if not entry.present or entry.synthetic:
+        raise MomentsError(f"layer {index} ({entry.name}) runs no operators here: ops mode needs a module "
+                           "this process runs")
+    device = (layer_devices[index] if layer_devices and index < len(layer_devices) else None) or default_device
+    pool = None
+    if torch.device(device).type == "cuda":
+        with torch.cuda.device(torch.device(device)):
+            pool = EventPool()
+    message = (f"ops mode on for layer {index} ({entry.name}), {steps} steps: this layer runs several "
+               "times slower while on")
+    return OpsProbe(entry.module, index, steps, pool=pool), message

@@ -41,6 +41,7 @@ from llm_moments.engine.core.steps import HeadProbe, StepRule, add_work_inputs, 
 from llm_moments.engine.core.timing import make_timer
 from llm_moments.engine.errors import MomentsError
 from llm_moments.engine.session.header import SessionSummary, build_header, default_model_info, model_device
+from llm_moments.engine.session.recording_control import RecordingControl
 
 Listener = Callable[[dict[str, Any]], None]
 _STOP = object()
@@ -49,7 +50,7 @@ NO_LAYER_TIMING = ("no per-layer timing: steps ran but no layer hook fired "
                    "(CUDA graphs or a compiled model replay skip Python hooks)")
 
 
-class Monitor:
+class Monitor(RecordingControl):
     """Times every layer of ``model`` at ``depth`` in each forward step; records and summarizes.
 
     ``record``: path of a JSON Lines recording (opened at once, so a bad path fails before any work).
@@ -399,41 +400,6 @@ class Monitor:
         self._status(f"calls ran inside other layers in step {index}: {names}{more}; their time counts "
                      "to the layer they ran in (layer_nested_calls)", level="info")
 
-    def _switch_recorder(self, recorder: Recorder | None) -> None:
-        """Worker side of start/stop_recording: close the old file with a footer, open the new one."""
-        old = self.recorder
-        if old is not None and not old.closed:
-            old.close({"type": "footer", "t_ns": time.perf_counter_ns() - self.t0_ns,
-                       "steps": old.steps_written, "reason": "completed"})
-        self.recorder = recorder
-        if recorder is not None and self.header is not None:
-            try:
-                recorder.write(self.header)
-            except RecordingLost as exc:
-                self._recording_lost(exc)
-                return
-        note = {"type": "recording", "t_ns": time.perf_counter_ns() - self.t0_ns,
-                "path": str(recorder.path) if recorder is not None else None}
-        for fn in list(self._listeners):
-            try:
-                fn(note)
-            except Exception:
-                pass  # _emit reports and removes a failing listener on the next record
-
-    def start_recording(self, path: str | os.PathLike, overwrite: bool = False) -> str:
-        """Record the rest of a running session to ``path`` (a bad path raises MomentsError now).
-        An existing file raises MomentsError unless ``overwrite`` (the constructor's setting does not
-        carry over: each new file is asked for on its own)."""
-        if self.multi_rank:
-            path = rank_record_path(path, self.rank)
-        recorder = Recorder(path, overwrite=overwrite, private=self.record_text)
-        self._queue.put(("record", recorder))
-        return str(recorder.path)
-
-    def stop_recording(self) -> None:
-        """Close the current recording with a footer; the session goes on."""
-        self._queue.put(("record", None))
-
     def _emit(self, record: dict[str, Any]) -> None:
         rtype = record.get("type")
         if rtype == "step":
@@ -457,13 +423,6 @@ class Monitor:
             except Exception as exc:
                 self._listeners.remove(fn)
                 self._status(f"a listener failed and was removed: {type(exc).__name__}: {exc}")
-
-    def _recording_lost(self, exc: RecordingLost) -> None:
-        """A write failed (disk full, EIO): the session goes on unrecorded. The status record carries
-        ``recording_lost`` so that a CLI can exit with the code that says so (3)."""
-        self.recording_lost = str(exc)
-        self._status(str(exc), level="error", recording_lost=True)
-        self._emit({"type": "recording", "t_ns": time.perf_counter_ns() - self.t0_ns, "path": None})
 
     def _status(self, message: str, level: str = "warning", **extra: Any) -> None:
         self.statuses.append(message)
@@ -495,27 +454,12 @@ class Monitor:
         """Ops mode (engine/core/ops.py): time each operator ``layer`` (index or name) runs for the next
         ``steps`` steps, as ``ops`` records. Any thread; it starts with the next step. Returns the
         layer's index; a layer that is not here or a bad ``steps`` raises MomentsError."""
-        from llm_moments.engine.core import ops as _ops
+        from llm_moments.engine.core.ops import make_probe
 
-        try:
-            index = _ops.find_layer(self.layers, layer)
-            steps = _ops.check_steps(_ops.DEFAULT_STEPS if steps is None else steps)
-        except ValueError as exc:
-            raise MomentsError(str(exc)) from None
-        entry = self.layers[index]
-        if not entry.present or entry.synthetic:
-            raise MomentsError(f"layer {index} ({entry.name}) runs no operators here: ops mode needs a module "
-                               "this process runs")
-        devices = getattr(self, "layer_devices", None)
-        device = (devices[index] if devices and index < len(devices) else None) or self.device
-        pool = None
-        if torch.device(device).type == "cuda":
-            with torch.cuda.device(torch.device(device)):
-                pool = _ops.EventPool()
-        self._ops_request = _ops.OpsProbe(entry.module, index, steps, pool=pool)
-        self._status(f"ops mode on for layer {index} ({entry.name}), {steps} steps: this layer runs several "
-                     "times slower while on", level="info")
-        return index
+        probe, message = make_probe(self.layers, getattr(self, "layer_devices", None), self.device, layer, steps)
+        self._ops_request = probe
+        self._status(message, level="info")
+        return probe.layer
 
     def note_status(self, message: str, level: str = "warning") -> None:
         self._status(message, level)
