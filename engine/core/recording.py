@@ -14,9 +14,12 @@ import math
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Annotated, Any, Literal
+
+import msgspec
 
 from llm_moments.engine.errors import MomentsError
 
@@ -72,6 +75,8 @@ class Recording:
 
 MAX_LINE_BYTES = 64 << 20      # a longer line is skipped unread (no recording writes one)
 MAX_PROBLEMS = 5               # bad lines named in the warning; the rest are counted
+READ_BATCH = 256               # lines a reader parses and checks together (``check_records``)
+READ_BATCH_BYTES = 8 << 20     # ... or fewer, when they are long
 MAX_NUMBER = 1e15              # a value beyond this (ms, MHz, tokens, ...) is not a measurement
 MAX_T_NS = 10 ** 18            # 31 years from the session's start
 MAX_LAYERS = 1_000_000
@@ -111,9 +116,29 @@ def _has_nonfinite(v: Any, depth: int = 0) -> bool:
     return False
 
 
+# Two decoders, one answer. The fast one (msgspec's, C) takes every line first: it refuses NaN /
+# Infinity, a number that overflows a float, invalid UTF-8, deep nesting and 4301+-digit integers, and
+# what it accepts json.loads reads to the same value (tests/test_reader_speed.py holds them to it), with
+# no non-finite float in it. A line it refuses goes to the careful one (json), which says why in words,
+# or reads it (a lone surrogate escape, a float of 309 digits: the record checks then judge it).
+_fast_decode = msgspec.json.Decoder().decode
+
+
+def _parse(line: str | bytes) -> tuple[Any, bool]:
+    """(value, finite): ``finite`` when the fast decoder read it (no NaN or infinity can be in it)."""
+    try:
+        return _fast_decode(line), True
+    except Exception:  # its words differ: the careful path says what is wrong, in ours
+        return _parse_careful(line), False
+
+
 def parse_line(line: str | bytes) -> Any:
     """One JSON value from one line, strictly: raises ``BadLine`` (with the reason) instead of anything
     else (bad UTF-8, bad JSON, NaN / Infinity, numbers out of range, nesting too deep, 4300+ digits)."""
+    return _parse(line)[0]
+
+
+def _parse_careful(line: str | bytes) -> Any:
     if isinstance(line, (bytes, bytearray)):
         try:
             line = line.decode("utf-8")
@@ -210,7 +235,7 @@ def _step_problem(obj: dict[str, Any], n_layers: int) -> str | None:
     if not 0 <= index <= MAX_T_NS:
         return f"index is out of range ({index})" if index >= 0 else f"index is negative ({index})"
     kind = obj.get("kind")
-    if kind not in STEP_KINDS:
+    if type(kind) is not str or kind not in STEP_KINDS:  # a list or a map is not hashable: not a kind
         return f"kind {str(kind)[:20]!r} is not one of prefill, decode, encode"
     problem = (_num_problem("t_ns", obj.get("t_ns"), required=True, hi=MAX_T_NS)
                or _array_problem("layer_ms", obj.get("layer_ms"), n_layers, required=True))
@@ -272,6 +297,133 @@ def check_record(obj: Any, n_layers: int) -> str | None:
         if problem:
             return problem
     return _fields_problem(obj)
+
+
+# -- the same checks, a batch of records at a time ------------------------------------------------------
+#
+# ``check_records`` gives ``check_record``'s answer for each record of a batch. Step and sample records
+# that the fast decoder read (no non-finite number can be in them) are checked together, in C: the
+# rules above, written as typed fields with bounds (``_checker``), validate the whole group at once
+# (msgspec.convert). Only when a record of the group breaks a rule (or holds what these types do not
+# judge) does each record of the group go through ``check_record``, which says what is wrong in the
+# usual words. The types must be as strict as the rules or stricter, never looser:
+# tests/test_reader_speed.py holds both paths to the same answers.
+
+
+def _num(lo: float | None, hi: float) -> Any:
+    """A JSON number in [lo, hi] (lo None: [-hi, hi]), as ``_num_problem`` judges it: ints exactly."""
+    low = -hi if lo is None else lo
+    return (Annotated[int, msgspec.Meta(ge=int(low), le=int(hi))]
+            | Annotated[float, msgspec.Meta(ge=float(low), le=float(hi))])
+
+
+_COUNT = _num(0.0, MAX_NUMBER)
+
+
+def _counts(n: int | None = None) -> Any:
+    """``_array_problem``'s list: numbers or None, non-negative, within MAX_NUMBER; ``n`` of them."""
+    items = list[_COUNT | None]
+    return items if n is None else Annotated[items, msgspec.Meta(min_length=n, max_length=n)]
+
+
+def _generic_type(key: str) -> Any:
+    """``_fields_problem``'s rule for a field that has no rule of its own."""
+    if key.endswith(_NUMERIC_SUFFIXES):
+        num = _num(None, MAX_T_NS if key.endswith("_ns") else MAX_NUMBER)
+        if key.startswith("layer_") or key in _STEP_LAYER_ARRAYS:
+            return num | dict[str, num | None] | list[Any] | None
+        return num | dict[str, num | None] | None
+    if key in _TEXT_KEYS:
+        return str | None
+    return Any
+
+
+def _step_fields(n: int) -> list[tuple[Any, ...]]:
+    fields: list[tuple[Any, ...]] = [
+        ("type", Literal["step"]),
+        ("index", Annotated[int, msgspec.Meta(ge=0, le=MAX_T_NS)]),
+        ("kind", Literal[tuple(sorted(STEP_KINDS))]),
+        ("t_ns", _num(0.0, MAX_T_NS)),
+        ("layer_ms", _counts(n)),
+        ("hooks_fired", bool | None, None),
+        ("throttle_reasons", list[str] | None, None),
+        ("kv_len", _COUNT | _counts() | None, None),
+        ("head_tokens", _counts() | None, None),
+    ]
+    fields += [(key, _counts(n) | None, None) for key in _STEP_LAYER_ARRAYS]
+    fields += [(key, _COUNT | None, None) for key in (*_STEP_COUNTS, "wall_ms", "host_ms", "clock_mhz")]
+    return fields
+
+
+_SAMPLE_FIELDS: list[tuple[Any, ...]] = [
+    ("type", Literal["sample"]),
+    ("t_ns", _num(0.0, MAX_T_NS)),
+    ("throttle_reasons", list[str] | None, None),
+]
+_USUAL = {"step": ("unattributed_ms",), "sample": ("clock_mhz", "mem_clock_mhz", "util_pct", "power_w", "temp_c")}
+_MAX_EXTRA = 64                # more fields than that in a record no writer makes: one by one
+_CHECKERS: dict[tuple[str, int, frozenset[str]], Any] = {}
+_EXTRA: dict[str, frozenset[str]] = {}
+
+
+def _checker(rtype: str, n: int, extra: frozenset[str]) -> Any:
+    """The type a group of ``rtype`` records must convert to: the rules as fields, plus ``extra``
+    fields (generic rules); any other field is refused."""
+    key = (rtype, n, extra)
+    checker = _CHECKERS.get(key)
+    if checker is None:
+        fields = _step_fields(n) if rtype == "step" else list(_SAMPLE_FIELDS)
+        known = {f[0] for f in fields}
+        fields += [(k, _generic_type(k), None) for k in sorted(extra | set(_USUAL[rtype])) if k not in known]
+        names = {f"f{i}": f[0] for i, f in enumerate(fields)}
+        struct = msgspec.defstruct("Checked", [(f"f{i}", *f[1:]) for i, f in enumerate(fields)], rename=names,
+                                   forbid_unknown_fields=True, kw_only=True)
+        if len(_CHECKERS) >= 256:
+            _CHECKERS.clear()
+        checker = _CHECKERS[key] = list[struct]
+    return checker
+
+
+def _group_fine(group: list[dict[str, Any]], rtype: str, n_layers: int) -> bool:
+    """Whether every record of ``group`` (all of type ``rtype``, step or sample, fast-decoded) passes
+    ``check_record``; False also when these checks cannot tell."""
+    extra = _EXTRA.get(rtype, frozenset())
+    try:
+        msgspec.convert(group, _checker(rtype, n_layers, extra))
+        return True
+    except Exception:  # a rule broken, or a field these types do not know yet
+        pass
+    seen = frozenset(set().union(*group))
+    if seen <= extra or len(seen) > _MAX_EXTRA:
+        return False
+    extra = extra | seen if len(extra | seen) <= _MAX_EXTRA else seen
+    _EXTRA[rtype] = extra
+    try:
+        msgspec.convert(group, _checker(rtype, n_layers, extra))
+        return True
+    except Exception:
+        return False
+
+
+def check_records(objs: list[Any], n_layers: int, finite: list[bool] | None = None) -> list[str | None]:
+    """``[check_record(obj, n_layers) for obj in objs]``, the same answers, faster on big batches.
+    ``finite[i]``: ``objs[i]`` holds no NaN or infinity (the fast decoder read it); without it, or
+    where it is False, a record is checked one by one."""
+    out: list[str | None] = [None] * len(objs)
+    groups: dict[str, list[int]] = {"step": [], "sample": []}
+    for i, obj in enumerate(objs):
+        rtype = obj.get("type") if type(obj) is dict and finite is not None and finite[i] else None
+        if rtype == "step" or rtype == "sample":
+            groups[rtype].append(i)
+        else:
+            out[i] = check_record(obj, n_layers)
+    for rtype, idx in groups.items():
+        if not idx:
+            continue
+        if len(idx) < 8 or not _group_fine([objs[i] for i in idx], rtype, n_layers):
+            for i in idx:
+                out[i] = check_record(objs[i], n_layers)
+    return out
 
 
 def _header_problem(record: dict[str, Any]) -> str | None:
@@ -449,43 +601,69 @@ class RecordReader:
         return check_header(obj, str(p))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        stats, n_layers = self.stats, len(self.header["layers"])
+        stats, n_layers, fh = self.stats, len(self.header["layers"]), self._fh
+        lineno = stats.lines
         try:
             while True:
-                try:
-                    got = _read_line(self._fh)
-                except OSError as exc:
-                    stats.skip(stats.lines + 1, f"cannot read: {exc.strerror or exc}")
+                # A batch of lines (bounded in lines and bytes), parsed, then checked together
+                # (``check_records``); then walked in file order, so the counts, the skipped lines and
+                # where a second header stops the reading are what one line at a time would give.
+                entries: list[tuple[int, bool, int, str | None]] = []  # (line, cut off, record or -1, reason)
+                objs: list[Any] = []
+                finite: list[bool] = []
+                failed: str | None = None
+                size = 0
+                at_end = False
+                while len(entries) < READ_BATCH and size < READ_BATCH_BYTES:
+                    try:
+                        got = _read_line(fh)
+                    except OSError as exc:
+                        failed = f"cannot read: {exc.strerror or exc}"
+                        break
+                    if got is None:
+                        at_end = True
+                        break
+                    lineno += 1
+                    raw, complete = got
+                    if raw is None:
+                        entries.append((lineno, False, -1, f"longer than {MAX_LINE_BYTES >> 20} MiB"))
+                        size += MAX_LINE_BYTES
+                        continue
+                    size += len(raw)
+                    if not raw.strip():
+                        entries.append((lineno, False, -1, None))
+                        continue
+                    try:
+                        obj, fin = _parse(raw)
+                    except BadLine as exc:
+                        entries.append((lineno, not complete, -1, str(exc) if complete else "cut off"))
+                        continue
+                    entries.append((lineno, not complete, len(objs), None))
+                    objs.append(obj)
+                    finite.append(fin)
+                problems = check_records(objs, n_layers, finite)
+                for line, cut, k, reason in entries:
+                    stats.lines = line
+                    if k >= 0:
+                        obj, reason = objs[k], problems[k]
+                        if reason is None:
+                            if obj["type"] == "header":
+                                stats.ended_at_header = line
+                                return
+                            if obj["type"] == "footer":
+                                stats.footer = obj
+                            stats.records += 1
+                            yield obj
+                            continue
+                    if reason is not None:
+                        if cut:
+                            stats.cut_off = True
+                        stats.skip(line, reason)
+                if failed is not None:
+                    stats.skip(stats.lines + 1, failed)
                     return
-                if got is None:
+                if at_end:
                     return
-                stats.lines += 1
-                raw, complete = got
-                if raw is None:
-                    stats.skip(stats.lines, f"longer than {MAX_LINE_BYTES >> 20} MiB")
-                    continue
-                if not raw.strip():
-                    continue
-                try:
-                    obj = parse_line(raw)
-                except BadLine as exc:
-                    if not complete:
-                        stats.cut_off = True
-                    stats.skip(stats.lines, str(exc) if complete else "cut off")
-                    continue
-                problem = check_record(obj, n_layers)
-                if problem is None and obj["type"] == "header":
-                    stats.ended_at_header = stats.lines
-                    return
-                if problem is not None:
-                    if not complete:
-                        stats.cut_off = True
-                    stats.skip(stats.lines, problem)
-                    continue
-                if obj["type"] == "footer":
-                    stats.footer = obj
-                stats.records += 1
-                yield obj
         finally:
             self._fh.close()
 
