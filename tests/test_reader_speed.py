@@ -22,7 +22,7 @@ from tui_fakes import make_session
 
 from llm_moments.engine.analysis import scan as scan_mod
 from llm_moments.engine.analysis.steptable import LAYER_FIELDS, StepTable, _convert, _float_row, _measured
-from llm_moments.engine.core import recording
+from llm_moments.engine.core import recording, validate
 from llm_moments.engine.core.recording import BadLine, check_record, check_records
 
 N = 6
@@ -31,18 +31,18 @@ SEED = 8
 
 def careful(line: bytes):
     try:
-        return "ok", repr(recording._parse_careful(line))
+        return "ok", repr(validate._parse_careful(line))
     except BadLine as exc:
         return "bad", str(exc)
 
 
 def fast(line: bytes):
     try:
-        value, finite = recording._parse(line)
+        value, finite = validate._parse(line)
     except BadLine as exc:
         return "bad", str(exc)
     if finite:
-        assert not recording._has_nonfinite(value), line[:80]
+        assert not validate._has_nonfinite(value), line[:80]
     return "ok", repr(value)
 
 
@@ -139,7 +139,7 @@ def test_good_batches_take_the_fast_path(monkeypatch):
     """Otherwise the test above would compare the careful path with itself."""
     calls = []
     real = recording.check_record
-    monkeypatch.setattr(recording, "check_record", lambda obj, n: calls.append(obj) or real(obj, n))
+    monkeypatch.setattr(validate, "check_record", lambda obj, n: calls.append(obj) or real(obj, n))
     steps = [good_step(i % 8) for i in range(40)]
     samples = [good_sample() for _ in range(20)]
     odd = [{**s, "comm_outside_ms": 0.5, "devices": {"cuda:0": {"clock_mhz": 1.0}}, "pipeline_ms": {"send": 1.5},
@@ -187,7 +187,7 @@ def read_one_by_one(path):
             if not raw.strip():
                 continue
             try:
-                obj = recording._parse_careful(raw)
+                obj = validate._parse_careful(raw)
             except BadLine as exc:
                 stats.cut_off = stats.cut_off or not complete
                 stats.skip(stats.lines, str(exc) if complete else "cut off")

@@ -9,11 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import FakeClock, generate, ids, read_lines
+
 from llm_moments import Monitor
+from llm_moments.engine.core.follow import follow
+from llm_moments.engine.core.recording import Recorder, RecordingError, check_writable, load
 from llm_moments.engine.errors import MomentsError
-from llm_moments.engine.core.recording import Recorder, RecordingError, check_writable, follow, load
 
 
 @pytest.fixture(scope="module")
@@ -422,6 +423,7 @@ def test_a_monitor_carries_on_when_its_recording_fails(tmp_path, tiny_gpt2, monk
     assert lost[0]["message"].startswith(f"recording stopped: disk full after {len(on_disk)} steps; ")
     assert mon.recording_lost == lost[0]["message"]
     assert mon.steps_recorded == 16 and sum(r["type"] == "step" for r in seen) == 16
-    assert {"type": "recording", "path": None} == {k: v for k, v in seen[seen.index(lost[0]) + 1].items() if k != "t_ns"}
+    after_loss = seen[seen.index(lost[0]) + 1]
+    assert {k: v for k, v in after_loss.items() if k != "t_ns"} == {"type": "recording", "path": None}
     assert disk.lines()[-1]["reason"] == "error"
     assert [s["index"] for s in on_disk] == list(range(len(on_disk)))

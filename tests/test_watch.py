@@ -16,11 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
+from tui_fakes import SUB_LAYERS, make_session
 
-from llm_moments.engine.core.recording import RecordingError, follow
+from llm_moments.engine.core.follow import follow
+from llm_moments.engine.core.recording import RecordingError
 from llm_moments.tui.sources import WatchSource
 from llm_moments.tui.state import ViewState
-from tui_fakes import SUB_LAYERS, make_session
 
 POLL_S = 0.01
 
@@ -42,7 +43,7 @@ class Watched:
         self.state = ViewState(mode="watch")
         self.records: list[dict] = []
 
-    def __enter__(self) -> "Watched":
+    def __enter__(self) -> Watched:
         self.src.start()
         return self
 
@@ -70,7 +71,7 @@ class Watched:
 
 def start_old_session(path: Path):
     """A writer that has written session A and keeps its file open (as a running Recorder does)."""
-    fh = open(path, "w", encoding="utf-8")
+    fh = open(path, "w", encoding="utf-8")  # noqa: SIM115 - returned open: the test closes it, like a live writer
     fh.write(lines_of(OLD))
     fh.flush()
     return fh

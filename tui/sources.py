@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from llm_moments.engine.core import recording
+from llm_moments.engine.core.follow import follow
 from llm_moments.engine.errors import MomentsError
 
 
@@ -341,7 +342,7 @@ class ReplaySource:
 class WatchSource(_Buffered):
     """Follows a recording another process is writing: catches up, then tails it.
 
-    The file is watched while it is followed (``recording.follow(restart=True)``): truncated, replaced
+    The file is watched while it is followed (``follow(restart=True)``): truncated, replaced
     by another session or deleted, the status line says so; a new session starts the UI over from
     its header (a ``reset`` record first), never mixing two sessions. Bad lines are skipped and counted.
     """
@@ -370,7 +371,7 @@ class WatchSource(_Buffered):
 
     def _run(self) -> None:
         try:
-            for record in recording.follow(self.path, poll_s=self.poll_s, stop=self._stop,
+            for record in follow(self.path, poll_s=self.poll_s, stop=self._stop,
                                            wait_for_file_s=float("inf"), restart=True, stats=self.stats):
                 rtype = record.get("type")
                 if rtype == "follow":
