@@ -15,7 +15,7 @@ from typing import Any
 from llm_moments.engine import __version__
 from llm_moments.engine.errors import MomentsError
 
-__all__ = ["Monitor", "MomentsError", "__version__"]
+__all__ = ["MomentsError", "Monitor", "__version__"]
 
 
 def __getattr__(name: str) -> Any:

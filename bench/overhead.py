@@ -21,6 +21,7 @@ side's leftover bookkeeping never lands in the next side.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -39,8 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
-
 from pairs import Config, Decoder, Progress, make_sync, note, ratio_stats, run_rounds  # noqa: E402
+
 from llm_moments.engine.core.hooks import top_level_layers  # noqa: E402
 from llm_moments.engine.session.models import load_model  # noqa: E402
 from llm_moments.engine.session.monitor import Monitor  # noqa: E402
@@ -302,7 +303,7 @@ def render(meta: dict[str, Any], rows: list[dict[str, Any]], cov: dict[str, Any]
             str(r["pairs"]), fmt(r["aa_median"]), fmt(r["us_per_module"], ".2f"), r["target"], r["result"],
         ])
     widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(head)]
-    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
     out.append(line(head))
     out.append(line(["-" * w for w in widths]))
     out.extend(line(t) for t in table)
@@ -385,10 +386,8 @@ def cpu_name() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    try:
+    with contextlib.suppress(RuntimeError):
         torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass
     import transformers
 
     t_start = time.monotonic()
@@ -406,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_model(args.model, "cpu", "float32")
     model = loaded.model
     cfg_model = model.config
-    about = (f"{loaded.info['architecture']}, {getattr(cfg_model, 'n_layer', getattr(cfg_model, 'num_hidden_layers', '?'))}"
+    n_layer = getattr(cfg_model, 'n_layer', getattr(cfg_model, 'num_hidden_layers', '?'))
+    about = (f"{loaded.info['architecture']}, {n_layer}"
              f"×{getattr(cfg_model, 'n_embd', getattr(cfg_model, 'hidden_size', '?'))}, "
              f"{'random' if loaded.info.get('random_weights') else 'real'} weights")
     dec = Decoder(model, "cpu", prompt_len=args.prompt_len, seed=args.seed)

@@ -20,8 +20,9 @@ import inspect
 import random
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +33,7 @@ def _out_cache(out: Any) -> Any:
     for name in ("cache", "past_key_values"):
         try:
             value = getattr(out, name, None)
-        except Exception:  # noqa: BLE001 - a deprecated alias may raise; try the other name
+        except Exception:
             value = None
         if value is not None:
             return value
@@ -141,7 +142,7 @@ def run_pair(cfg: Config, decoder: Decoder, k: int, sync: Callable[[], None], on
 
 def run_rounds(configs: Sequence[Config], decoder: Decoder, *, rounds: int, k: int,
                sync: Callable[[], None], warmup_rounds: int = 0, seed: int = 0,
-               deadline: float | None = None, progress: "Progress | None" = None) -> int:
+               deadline: float | None = None, progress: Progress | None = None) -> int:
     """Run ``warmup_rounds`` unrecorded then up to ``rounds`` recorded rounds; returns rounds done.
 
     Stops early (between rounds) once ``time.monotonic()`` passes ``deadline``.

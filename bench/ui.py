@@ -20,17 +20,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 import time
 
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from llm_moments.tui.app import MomentsApp  # noqa: E402
-from llm_moments.tui.sources import _Buffered  # noqa: E402
-from llm_moments.tui.widgets.layer_table import LayerTable  # noqa: E402
+from llm_moments.tui.app import MomentsApp
+from llm_moments.tui.sources import _Buffered
+from llm_moments.tui.widgets.layer_table import LayerTable
 
 
 # -- 1. frames with 300 rows -------------------------------------------------------------------------
@@ -347,7 +345,8 @@ def main() -> int:
     verdict = "PASS" if s["median_ratio"] <= 1.05 else "FAIL"
     print(f"| decode step time with UI / without ({s['model']}, {s['threads']} thread, {s['pairs']} pairs) | "
           f"{s['median_ratio']:.3f} (A/A {s['aa_median']:.3f}) | ≤ 1.05 {verdict} |")
-    print(f"| UI process CPU while live (engine in its own process) | {s['ui_process_cpu_share'] * 100:.1f} % of a core | report |")
+    print(f"| UI process CPU while live (engine in its own process) | "
+          f"{s['ui_process_cpu_share'] * 100:.1f} % of a core | report |")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=2)

@@ -40,8 +40,9 @@ import platform
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # bench/pairs.py (the pair estimator) lives beside scripts/, not in the package
@@ -56,7 +57,8 @@ DEPTHS = ("blocks", "sublayers", "leaves")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="GPU check of issue #2: CUDA-event timer + NVML sampler on a decoder.")
-    p.add_argument("--model", default="tiny-llama", help="decoder preset, local directory or cached Hub id (default tiny-llama)")
+    p.add_argument("--model", default="tiny-llama",
+                   help="decoder preset, local directory or cached Hub id (default tiny-llama)")
     p.add_argument("--dtype", default="auto", help="auto (bf16 / fp16 on GPU), float32, float16, bfloat16")
     p.add_argument("--seconds", type=float, default=10.0, help="length of the continuous monitored run (default 10)")
     p.add_argument("--pairs", type=int, default=300, help="pairs per depth (default 300)")
@@ -89,8 +91,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def check_outputs(args: argparse.Namespace) -> str | None:
     """A one-line problem with an output path, found before any GPU work."""
-    from llm_moments.engine.errors import MomentsError
     from llm_moments.engine.core.recording import check_writable
+    from llm_moments.engine.errors import MomentsError
 
     for flag, value in (("--out", args.out), ("--record", args.record), ("--json", args.json)):
         if not value:
@@ -241,7 +243,8 @@ def step_figures(steps: list[dict[str, Any]], top: list[bool]) -> dict[str, Any]
     wall_fired = sum(s["wall_ms"] for s in fired)
     cycles = [s["cycles"] for s in decode if s.get("cycles") is not None]
     return {
-        "steps": len(steps), "decode_steps": len(decode), "prefill_steps": sum(s.get("kind") == "prefill" for s in steps),
+        "steps": len(steps), "decode_steps": len(decode),
+        "prefill_steps": sum(s.get("kind") == "prefill" for s in steps),
         "steps_without_hooks": len(decode) - len(fired),
         "coverage": covered / wall_fired if wall_fired > 0 else None, "coverage_step_median": pct(ratios, 50),
         "decode_ms_p50": pct(wall, 50), "decode_ms_p99": pct(wall, 99),
@@ -477,7 +480,8 @@ def render_markdown(r: dict[str, Any]) -> str:
     if s is None:
         row("continuous monitored run", "n/a (section failed)")
     else:
-        row("steps measured (continuous run)", f"{s['steps']} ({s['decode_steps']} decode, {s['prefill_steps']} prefill)"
+        row("steps measured (continuous run)",
+            f"{s['steps']} ({s['decode_steps']} decode, {s['prefill_steps']} prefill)"
             f" in {meta.get('run_s', 0):.1f} s" + (f"; {s['steps_without_hooks']} decode steps WITHOUT layer timing"
                                                    if s["steps_without_hooks"] else ""))
         row("coverage at blocks depth", f"{f(s['coverage'], '.3f')} (Σ top-level moments / step time; per-step median "
@@ -492,7 +496,8 @@ def render_markdown(r: dict[str, Any]) -> str:
         st, aa = o["stats"], o["aa"]
         row(f"monitored / plain ({o['depth']}, {o['hooked']} layers)",
             f"{f(st['median'], '.4f')} (p25–p75 {f(st['p25'], '.4f')}–{f(st['p75'], '.4f')}; {st['pairs']} pairs of "
-            f"{meta['steps_per_side']} steps; A/A {f(aa['median'], '.4f')}); {f(o['us_per_module'], '.2f', ' µs')}/layer;"
+            f"{meta['steps_per_side']} steps; A/A {f(aa['median'], '.4f')}); "
+            f"{f(o['us_per_module'], '.2f', ' µs')}/layer;"
             f" plain step p50 {f(o['plain_step_ms'], '.3f', ' ms')} (host, synchronized)"
             + (" — stopped early (budget)" if o.get("stopped_early") else ""))
     render_multi(r.get("multi_gpu"), row)
@@ -598,7 +603,8 @@ def main(argv: list[str] | None = None) -> int:
         "random_weights": loaded.info.get("random_weights"), "prompt_len": args.prompt_len,
         "steps_per_side": args.steps_per_side, "torch": torch.__version__, "cuda": torch.version.cuda,
         "transformers": tf_version, "python": platform.python_version(), "host": platform.node(),
-        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({platform.processor() or 'cpu'})",
+        "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda"
+                        else f"CPU ({platform.processor() or 'cpu'})"),
         "clock_source": getattr(source, "name", "?"), "clock_status": getattr(source, "status", None),
     }
     info: dict[str, Any] = {}
@@ -729,7 +735,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).expanduser().write_text(json.dumps(report, indent=1, default=str) + "\n", encoding="utf-8")
         progress(f"wrote {args.json}")
-    progress(f"done in {meta['total_s']:.0f} s" + (f", {len(report['errors'])} section(s) failed" if report["errors"] else ""))
+    failed = f", {len(report['errors'])} section(s) failed" if report["errors"] else ""
+    progress(f"done in {meta['total_s']:.0f} s" + failed)
     return 1 if report["errors"] else 0
 
 

@@ -13,9 +13,9 @@ import time
 
 import pytest
 import torch
+from conftest import FakeClock, generate, ids
 from torch import nn
 
-from conftest import FakeClock, generate, ids
 from llm_moments.engine.analysis.stats import RollingStats
 from llm_moments.engine.core.hooks import StepHooks, count_hooks, find_layers
 from llm_moments.engine.core.recording import load
@@ -195,7 +195,7 @@ def test_a_shared_child_is_hooked_once():
 @pytest.mark.parametrize("depth", ["blocks", "sublayers", "leaves"])
 def test_a_model_level_module_run_inside_blocks_is_nested(depth):
     model = ModelLevelRotaryNet().eval()
-    mon, header, steps, records = monitored(model, depth, run_ids)
+    _mon, header, steps, records = monitored(model, depth, run_ids)
     assert_additive(header, steps)
     rotary = index_of(header, "rotary")
     assert header["layers"][rotary]["parent"] is None
@@ -281,7 +281,7 @@ def test_cuda_moments_are_additive_and_count_calls(depth):
             model(ids().cuda())
 
     for make in (SharedChildNet, ModelLevelRotaryNet, TwiceNet):
-        mon, header, steps, _ = monitored(make().eval().cuda(), depth, run)
+        _mon, header, steps, _ = monitored(make().eval().cuda(), depth, run)
         assert header["timer"] == "cuda-events"
         for s in steps:  # events on one stream nest exactly, up to their ~0.5 µs resolution each
             top = sum(m for m, l in zip(s["layer_ms"], header["layers"]) if m is not None and l["parent"] is None)

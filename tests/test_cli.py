@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT, cli_cmd, cli_env, popen_cli, run_cli
+
 from llm_moments.engine import cli
-from llm_moments.engine.session.inputs import SAMPLE_TEXTS
 from llm_moments.engine.core.recording import load
+from llm_moments.engine.session.inputs import SAMPLE_TEXTS
 
 BERT_BLOCKS = ["embeddings", *(f"encoder.layer.{i}" for i in range(6)), "pooler"]
 GPT2_BLOCKS = ["transformer.wte", "transformer.wpe", *(f"transformer.h.{i}" for i in range(6)),
@@ -198,7 +198,8 @@ BAD = {
     "record onto a directory": (RUN + ["--record", "{d}/no-config"], "{d}/no-config: it is a directory", True),
     "sample rate too high": (RUN + ["--sample-hz", "50"], "--sample-hz must be", True),
     "report on notes": (["report", "{d}/notes.txt"], "{d}/notes.txt is not a moments recording", True),
-    "report on a newer schema": (["report", "{d}/v2.jsonl"], "uses schema moments/2, this moments reads moments/1", True),
+    "report on a newer schema": (["report", "{d}/v2.jsonl"], "uses schema moments/2, this moments reads moments/1",
+                                 True),
     "report on a missing file": (["report", "{d}/missing.jsonl"], "no such recording: {d}/missing.jsonl", True),
     "report on an empty file": (["report", "{d}/empty.txt"], "is empty", True),
     "report on a directory": (["report", "{d}/no-config"], "is a directory, not a recording", True),
@@ -418,18 +419,19 @@ def test_a_special_file_is_refused_before_the_model_loads(target, monkeypatch, c
 
 def test_a_full_disk_stops_the_recording_not_the_session(tmp_path, monkeypatch, capsys):
     """ENOSPC mid-run: one line with the steps on disk, the summary covers every step, exit 3."""
+    from test_recording import FullDisk
+
     import llm_moments.engine.session.monitor as monitor_mod
     from llm_moments.engine.core.recording import Recorder
-
-    from test_recording import FullDisk
 
     died: list = []
     monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args))
     disk = FullDisk(room=12_000)
     monkeypatch.setattr(monitor_mod, "Recorder", lambda path, **kw: Recorder(path, fh=disk))
     code = cli.main(["run", "--headless", "--model", "tiny-gpt2", "--no-calibrate", "--steps", "24",
-                     "--max-new-tokens", "4", "--warmup", "0", "--format", "json", "--record", str(tmp_path / "r.jsonl")])
-    out, err = capsys.readouterr()
+                     "--max-new-tokens", "4", "--warmup", "0", "--format", "json",
+                     "--record", str(tmp_path / "r.jsonl")])
+    _out, err = capsys.readouterr()
     assert code == 3 and died == []
     on_disk = sum(r["type"] == "step" for r in disk.lines())
     assert 0 < on_disk < 24
@@ -474,7 +476,7 @@ def hung_up_and_full(tmp_path_factory):
 
 
 def test_a_hang_up_leaves_an_interrupted_footer_in_a_real_process(hung_up_and_full):
-    path, code, stdout, stderr = hung_up_and_full["hup"]
+    path, code, _stdout, stderr = hung_up_and_full["hup"]
     assert code == 130, stderr
     rec = load(path)
     assert rec.warnings == [] and rec.footer["reason"] == "interrupted" and len(rec.steps) >= 2
@@ -488,7 +490,8 @@ def test_a_write_error_in_a_real_process_exits_3_with_one_line(hung_up_and_full)
     rec = load(path)
     # The footer goes in when the disk leaves room for it; either way the file ends on a whole step.
     assert (rec.footer is not None and rec.footer["reason"] == "error" and rec.warnings == []) or (
-        rec.footer is None and rec.warnings == ["no footer: the session did not end cleanly (killed, or still being written)"])
+        rec.footer is None
+        and rec.warnings == ["no footer: the session did not end cleanly (killed, or still being written)"])
     said = [l for l in stderr.splitlines() if "record" in l]
     assert said == [f"moments: recording stopped: file too large after {len(rec.steps)} steps; they are "
                     f"safely in {path}"]

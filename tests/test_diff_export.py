@@ -10,21 +10,21 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import itertools
 import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from conftest import FakeClock, generate, ids, run_cli
 
-from conftest import FakeClock, cli_env, generate, ids, run_cli
-from llm_moments import Monitor
-from llm_moments import MomentsError
-from llm_moments.engine.cli import main
+from llm_moments import MomentsError, Monitor
 from llm_moments.engine.analysis.diff import compare
-from llm_moments.engine.output.export import CSV_COLUMNS, chrome_trace, csv_rows, export, to_csv
 from llm_moments.engine.analysis.outliers import find_outliers
+from llm_moments.engine.cli import main
 from llm_moments.engine.core.recording import load
+from llm_moments.engine.output.export import CSV_COLUMNS, chrome_trace, csv_rows, export, to_csv
 from llm_moments.engine.output.text import render_diff
 
 # -- synthetic recordings ----------------------------------------------------------------------------
@@ -72,7 +72,7 @@ def make_steps(n: int, seed: int = 0, jitter: float = 0.03, kinds: list[str] | N
         k = KIND_SCALE[kinds[i]]
         ms = [base * k * (scale or {}).get(name, 1.0) * (1 + rng.uniform(-jitter, jitter))
               for name, _, base in layers]
-        for j, p in enumerate(parents):  # a parent lasts at least as long as its children, plus a little
+        for j, _p in enumerate(parents):  # a parent lasts at least as long as its children, plus a little
             kids = [c for c, q in enumerate(parents) if q == j]
             if kids:
                 ms[j] = max(ms[j], sum(ms[c] for c in kids) + 0.02)
@@ -358,7 +358,7 @@ def test_chrome_trace_of_a_real_sublayer_recording(tiny_gpt2, tmp_path):
     assert len(counters) == sum(s.get("clock_mhz") is not None for s in rec.samples) >= 1
     assert all(e["args"]["MHz"] == 1000.0 for e in counters)
     # the recorded times survive: each span's args carry its moment
-    first = [e for e in spans if e["name"] == "transformer.h.0.attn"][0]
+    first = next(e for e in spans if e["name"] == "transformer.h.0.attn")
     assert first["args"]["ms"] == rec.steps[0]["layer_ms"][rec.layer_names.index("transformer.h.0.attn")]
 
 
@@ -393,7 +393,7 @@ def test_chrome_trace_without_layer_start_ms_still_nests(tmp_path):
         mine = sorted((e for e in spans if e["name"] in top and step["t_ns"] / 1e3 <= e["ts"]
                        <= step["t_ns"] / 1e3 + step["wall_ms"] * 1e3), key=lambda e: e["ts"])
         assert [e["name"] for e in mine] == ["embed", "block.0", "block.1", "head"]
-        for x, y in zip(mine, mine[1:]):
+        for x, y in itertools.pairwise(mine):
             assert x["ts"] + x["dur"] <= y["ts"] + EPS_US
 
 
@@ -432,9 +432,9 @@ def test_csv_has_a_row_per_step_and_layer_and_its_columns_parse(tmp_path):
         for c in ("moment_ms", "start_ms", "cycles", "flops", "bytes", "flops_per_s", "roof_pct", "clock_mhz"):
             if r[col[c]] != "":
                 float(r[col[c]])
-    empty = [r for r in rows[1:] if r[col["step"]] == "3" and r[col["layer"]] == "block.0.attn"][0]
+    empty = next(r for r in rows[1:] if r[col["step"]] == "3" and r[col["layer"]] == "block.0.attn")
     assert empty[col["moment_ms"]] == "" and empty[col["cycles"]] == "" and empty[col["flops_per_s"]] == ""
-    sub = [r for r in rows[1:] if r[col["layer"]] == "block.1.mlp"][0]
+    sub = next(r for r in rows[1:] if r[col["layer"]] == "block.1.mlp")
     assert sub[col["parent"]] == "block.1"
     # work: the head of the prefill sees one position per sequence (batch 2), a block all 10 tokens
     pre = {r[col["layer"]]: r for r in rows[1:] if r[col["step"]] == "0"}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import Bare, ids
 from torch import nn
 
-from conftest import Bare, PlainNet, ids
 from llm_moments.engine.core.hooks import StepHooks, count_hooks, find_layers, top_level_layers
 from llm_moments.engine.core.timing import CpuTimer
 
@@ -221,7 +221,7 @@ def test_a_layer_called_twice_counts_two_calls():
 
 def test_bare_model_fires_as_its_own_layer():
     model = Bare()
-    hooks, steps, layers = hooked(model)
+    hooks, steps, _layers = hooked(model)
     with hooks:
         model(torch.ones(4))
         model(torch.ones(4))
@@ -263,16 +263,15 @@ class Boom(nn.Module):
 def test_hooks_go_when_the_forward_raises():
     model = Boom(RuntimeError("bad shape"))
     hooks, steps, _ = hooked(model)
-    with pytest.raises(RuntimeError, match="bad shape"):
-        with hooks:
-            model(torch.zeros(1, 4))
+    with pytest.raises(RuntimeError, match="bad shape"), hooks:
+        model(torch.zeros(1, 4))
     assert count_hooks(model) == 0
     assert steps.ended == [True]  # the step is reported as cut short, not as a normal step
 
 
 def test_a_failed_step_does_not_break_the_next_one():
     model = Boom(RuntimeError("once"))
-    hooks, steps, layers = hooked(model)
+    hooks, steps, _layers = hooked(model)
     with hooks:
         with pytest.raises(RuntimeError):
             model(torch.zeros(1, 4))
@@ -285,9 +284,8 @@ def test_a_failed_step_does_not_break_the_next_one():
 def test_hooks_go_on_ctrl_c():
     model = Boom(KeyboardInterrupt())
     hooks, _, _ = hooked(model)
-    with pytest.raises(KeyboardInterrupt):
-        with hooks:
-            model(torch.zeros(1, 4))
+    with pytest.raises(KeyboardInterrupt), hooks:
+        model(torch.zeros(1, 4))
     assert count_hooks(model) == 0
 
 

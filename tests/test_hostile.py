@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from markdown_it import MarkdownIt
 from rich.console import Console
+from tui_fakes import FakeSource, make_cpu_sample, make_gpu_sample, make_header, make_step, plain, run, settle
 
 from llm_moments.engine.analysis.diff import compare
 from llm_moments.engine.analysis.report import analyze
@@ -35,8 +36,6 @@ from llm_moments.tui.screens.outliers import OutliersScreen
 from llm_moments.tui.screens.roofline import RooflineScreen
 from llm_moments.tui.state import ViewState
 from llm_moments.tui.widgets.status_line import StatusLine
-
-from tui_fakes import FakeSource, make_cpu_sample, make_gpu_sample, make_header, make_step, plain, run, settle
 
 HOSTILE = [
     "\x1b]2;pwned\x07",              # OSC 2: the window title

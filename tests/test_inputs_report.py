@@ -9,11 +9,11 @@ import math
 import numpy as np
 import pytest
 
+from llm_moments.engine.analysis.stats import summarize
 from llm_moments.engine.errors import MomentsError
-from llm_moments.engine.session.inputs import SAMPLE_TEXTS, batches, read_texts
 from llm_moments.engine.output.text import render_json, render_text
 from llm_moments.engine.output.units import fmt_cycles, fmt_ms, share_bar
-from llm_moments.engine.analysis.stats import summarize
+from llm_moments.engine.session.inputs import SAMPLE_TEXTS, batches, read_texts
 
 # -- inputs --------------------------------------------------------------------------------------------
 

@@ -7,8 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import llm_moments
 from conftest import ROOT, cli_env
+
+import llm_moments
 
 PLANTED = "raise SystemExit('PLANTED CODE RAN')\n"
 

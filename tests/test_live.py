@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import cli_env
+
 from llm_moments.engine.cli import build_parser
 from llm_moments.engine.core.recording import load
 from llm_moments.engine.session.setup import add_run_options
@@ -94,7 +94,7 @@ def test_record_stop_record_and_quit(live, tmp_path):
     lv = live()
     lv.wait(lambda rs: any(r.get("type") == "step" for r in rs), why="a step")
     for bad in ("/dev/full", str(tmp_path / "no" / "x.jsonl"), str(tmp_path)):  # refused at once
-        with pytest.raises(MomentsError, match="^cannot record to "):
+        with pytest.raises(MomentsError, match=r"^cannot record to "):
             lv.source.start_recording(bad)
     a = tmp_path / "a.jsonl"
     assert lv.source.start_recording(str(a)) == str(a)
@@ -136,7 +136,7 @@ def test_a_killed_engine_is_said_in_the_status_and_its_recording_keeps_every_ste
     lv.wait(lambda rs: len(lv.steps()) >= 3, why="3 steps")
     lv.source.proc.send_signal(signal.SIGKILL)
     errors = lv.wait(lambda rs: any(r.get("type") == "error" for r in rs), why="an error record")
-    message = [r["message"] for r in errors if r.get("type") == "error"][0]
+    message = next(r["message"] for r in errors if r.get("type") == "error")
     assert message.startswith("the engine process stopped: killed by SIGKILL; the recording ")
     assert f"{path} keeps every step up to here, without a footer" in message
     assert lv.source.exit_code == -signal.SIGKILL
@@ -193,7 +193,8 @@ def test_a_write_error_in_the_engine_stops_the_recording_not_the_session(live, t
     rec = load(path)
     # The footer goes in when the disk leaves room for it; either way the file ends on a whole step.
     assert (rec.footer is not None and rec.footer["reason"] == "error" and rec.warnings == []) or (
-        rec.footer is None and rec.warnings == ["no footer: the session did not end cleanly (killed, or still being written)"])
+        rec.footer is None
+        and rec.warnings == ["no footer: the session did not end cleanly (killed, or still being written)"])
     assert lv.source.recording_lost == (f"recording stopped: file too large after {len(rec.steps)} steps; "
                                         f"they are safely in {path}")
     assert [r.get("path") for r in lv.of_type("recording")][-1] is None  # the UI's indicator goes off

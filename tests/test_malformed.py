@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
+from tui_fakes import make_session
 
 from llm_moments.engine import cli as engine_cli
 from llm_moments.engine.analysis.steptable import StepTable
@@ -21,7 +22,6 @@ from llm_moments.engine.core.recording import RecordingError, check_record, iter
 from llm_moments.tui import cli as tui_cli
 from llm_moments.tui.sources import ReplaySource
 from llm_moments.tui.state import ViewState
-from tui_fakes import make_session
 
 SEED = 20240608
 
@@ -76,7 +76,8 @@ def body_cases(rng: random.Random) -> list[tuple[str, bytes]]:
         i = rng.choice(step_at)
         text = lines[i].decode()
         where = rng.choice(["layer_ms", "wall_ms", "t_ns"])
-        new = re.sub(rf'"{where}":(\[)?[-0-9.e]+', lambda m: f'"{where}":{m.group(1) or ""}{raw}', text, count=1)
+        new = re.sub(rf'"{where}":(\[)?[-0-9.e]+',
+                     lambda m, where=where, raw=raw: f'"{where}":{m.group(1) or ""}{raw}', text, count=1)
         with_line(i, new.encode(), f"step-{where}-{raw[:12]}")
     for length in (0, N_LAYERS - 1, N_LAYERS + 1):
         i = rng.choice(step_at)
@@ -217,7 +218,7 @@ def test_every_command_on_every_malformed_file(files, tmp_path, capsys, monkeypa
     for kind in ("body", "header"):
         for n, (name, path) in enumerate(files[kind]):
             f = str(path)
-            rc, out, err = run_cli(engine_cli.main, ["report", f], capsys)
+            rc, _out, err = run_cli(engine_cli.main, ["report", f], capsys)
             if kind == "header":
                 assert rc == 2, (name, err)
                 assert str(path) in err, (name, err)
@@ -286,8 +287,9 @@ def test_replay_of_every_malformed_file_feeds_the_ui_only_valid_records(files):
 
 def test_replay_app_survives_malformed_files(files):
     """The real app under a pilot, over files the reader had to clean up (a few: each run takes time)."""
-    from llm_moments.tui.app import MomentsApp
     from tui_fakes import run, settle
+
+    from llm_moments.tui.app import MomentsApp
 
     picked = [(n, p) for n, p in files["body"] if n in ("many-bad-lines", "second-header")]
     picked += [(n, p) for n, p in files["body"] if n.startswith("step-") and n.endswith(("NaN", "Infinity"))][:1]

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import FakeClock
+
 from llm_moments import Monitor
-from llm_moments.engine.errors import MomentsError
-from llm_moments.engine.session.monitor import NO_LAYER_TIMING
-from llm_moments.engine.session.models import PRESETS, load_model, minilm_dir, resolve_device, resolve_dtype
 from llm_moments.engine.core.recording import load
+from llm_moments.engine.errors import MomentsError
+from llm_moments.engine.session.models import PRESETS, load_model, minilm_dir, resolve_device, resolve_dtype
+from llm_moments.engine.session.monitor import NO_LAYER_TIMING
 from llm_moments.engine.session.runner import run_batch, stream
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the messages on a machine without a GPU")

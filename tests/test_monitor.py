@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import Bare, FakeClock, PlainNet, generate, ids, read_lines
 from torch import nn
 
-from conftest import Bare, FakeClock, PlainNet, generate, ids, read_lines
-from llm_moments import MomentsError
-from llm_moments import Monitor
+from llm_moments import MomentsError, Monitor
 from llm_moments.engine.core.hooks import count_hooks
-from llm_moments.engine.session.monitor import NO_LAYER_TIMING
 from llm_moments.engine.core.recording import SCHEMA, load
+from llm_moments.engine.session.monitor import NO_LAYER_TIMING
 
 
 def steps_of(records):
@@ -152,10 +151,9 @@ def test_generate_is_one_prefill_then_decodes(model_name, request, tmp_path):
 
 def test_encoder_steps_are_encode(tiny_bert):
     records = []
-    with Monitor(tiny_bert, clock_source=FakeClock(), listeners=[records.append]):
-        with torch.inference_mode():
-            tiny_bert(input_ids=ids(3, 7, vocab=64))
-            tiny_bert(input_ids=ids(1, 4, vocab=64))
+    with Monitor(tiny_bert, clock_source=FakeClock(), listeners=[records.append]), torch.inference_mode():
+        tiny_bert(input_ids=ids(3, 7, vocab=64))
+        tiny_bert(input_ids=ids(1, 4, vocab=64))
     steps = steps_of(records)
     assert [s["kind"] for s in steps] == ["encode", "encode"]
     assert [s["tokens"] for s in steps] == [21, 4]
@@ -231,10 +229,9 @@ class Failing(PlainNet):
 
 def test_an_error_in_the_with_block_ends_with_reason_error(plain_net, tmp_path):
     path = tmp_path / "run.jsonl"
-    with pytest.raises(ValueError, match="user code"):
-        with Monitor(plain_net, clock_source=FakeClock(), record=path):
-            plain_net(ids())
-            raise ValueError("user code failed")
+    with pytest.raises(ValueError, match="user code"), Monitor(plain_net, clock_source=FakeClock(), record=path):
+        plain_net(ids())
+        raise ValueError("user code failed")
     rec = load(path)
     assert rec.footer["reason"] == "error"
     assert "ValueError: user code failed" in rec.footer["error"]
@@ -245,11 +242,10 @@ def test_an_error_in_the_with_block_ends_with_reason_error(plain_net, tmp_path):
 def test_a_forward_that_raises_drops_its_step_and_ends_with_error(tmp_path):
     model = Failing(RuntimeError("out of memory"))
     path = tmp_path / "run.jsonl"
-    with pytest.raises(RuntimeError):
-        with Monitor(model, clock_source=FakeClock(), record=path):
-            model(ids())
-            model.armed = True
-            model(ids())
+    with pytest.raises(RuntimeError), Monitor(model, clock_source=FakeClock(), record=path):
+        model(ids())
+        model.armed = True
+        model(ids())
     rec = load(path)
     assert len(rec.steps) == 1 and rec.steps[0]["index"] == 0  # no half-timed step
     assert rec.footer["reason"] == "error"
@@ -259,12 +255,11 @@ def test_a_forward_that_raises_drops_its_step_and_ends_with_error(tmp_path):
 def test_ctrl_c_in_the_forward_ends_with_reason_interrupted(tmp_path):
     model = Failing(KeyboardInterrupt())
     path = tmp_path / "run.jsonl"
-    with pytest.raises(KeyboardInterrupt):
-        with Monitor(model, clock_source=FakeClock(), record=path):
-            model(ids())
-            model(ids())
-            model.armed = True
-            model(ids())
+    with pytest.raises(KeyboardInterrupt), Monitor(model, clock_source=FakeClock(), record=path):
+        model(ids())
+        model(ids())
+        model.armed = True
+        model(ids())
     rec = load(path)
     assert rec.footer["reason"] == "interrupted"
     assert len(rec.steps) == 2 and rec.warnings == []

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import Block, FakeClock, generate
 from torch import nn
 
-from conftest import Block, FakeClock, generate
-from llm_moments.engine.session.monitor import Monitor
 from llm_moments.engine.core.recording import load
 from llm_moments.engine.output.html import render_html
 from llm_moments.engine.output.markdown import render_markdown
 from llm_moments.engine.output.svg import HEATMAP_STEPS
+from llm_moments.engine.session.monitor import Monitor
 
 ROOF = {"peak_flops": 2.0e10, "peak_bytes_per_s": 8.0e9, "source": "test"}
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}

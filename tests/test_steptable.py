@@ -7,6 +7,7 @@ import random
 
 import numpy as np
 import pytest
+from tui_fakes import BLOCK_LAYERS, make_session, make_step, write_recording
 
 from llm_moments.engine.analysis import steptable
 from llm_moments.engine.analysis.outliers import OutlierDetector, find_outliers
@@ -18,7 +19,6 @@ from llm_moments.engine.core.work import step_work
 from llm_moments.engine.output import units
 from llm_moments.engine.output.markdown import render_markdown
 from llm_moments.tui.state import ViewState
-from tui_fakes import BLOCK_LAYERS, make_session, make_step, write_recording
 
 HEADER = {"type": "header", "layers": [{"name": "a", "parent": None}, {"name": "b", "parent": None},
                                        {"name": "a.x", "parent": 0}],

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from llm_moments.engine.core import recording
-from llm_moments.engine.analysis.diff import compare
 from textual.widgets import DataTable, Static
+from tui_fakes import (
+    BLOCK_LAYERS,
+    FakeSource,
+    capture_notifications,
+    make_session,
+    make_step,
+    run,
+    settle,
+    write_recording,
+)
 
+from llm_moments.engine.analysis.diff import compare
+from llm_moments.engine.core import recording
 from llm_moments.tui.app import MomentsApp
 from llm_moments.tui.screens.diff import DiffScreen
 from llm_moments.tui.screens.outliers import OutliersScreen
 from llm_moments.tui.screens.roofline import RooflineScreen
-from tui_fakes import BLOCK_LAYERS, FakeSource, capture_notifications, make_session, make_step, run, settle, \
-    write_recording
 
 SIZE = (140, 40)
 ROOF = {"peak_flops": 1e12, "peak_bytes_per_s": 1e11, "source": "test"}
@@ -95,7 +103,7 @@ def test_o_lists_an_outlier_moment_with_its_step_clock_and_throttle_reasons():
             table = app.screen.query_one(DataTable)
             rows = [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
             assert rows, "the planted spike is listed"
-            step, kind, layer, ms, median, ratio, clock, throttle = rows[0]
+            step, _kind, layer, ms, _median, _ratio, clock, throttle = rows[0]
             assert (step, layer, clock, throttle) == ("40", BLOCK_LAYERS[2][0], "1410 MHz", "hw_thermal")
             assert float(ms) == 50.0
 

@@ -11,23 +11,38 @@ import re
 import numpy as np
 import pytest
 from textual.widgets import Input
+from tui_fakes import (
+    BLOCK_LAYERS,
+    STEP_NS,
+    SUB_LAYERS,
+    FakeSource,
+    append_records,
+    capture_notifications,
+    footer_record,
+    make_gpu_sample,
+    make_header,
+    make_session,
+    make_step,
+    plain,
+    run,
+    settle,
+    table_lines,
+    wait_for,
+    write_recording,
+)
 
+from llm_moments.tui import themes as theme_files
 from llm_moments.tui.app import MomentsApp
 from llm_moments.tui.screens.detail import LayerDetailScreen
 from llm_moments.tui.screens.help import HelpScreen
 from llm_moments.tui.screens.main import MainScreen
 from llm_moments.tui.screens.record import RecordDialog
-from llm_moments.tui import themes as theme_files
 from llm_moments.tui.sources import LiveSource, ReplaySource, WatchSource
 from llm_moments.tui.widgets.clock_panel import ClockPanel
 from llm_moments.tui.widgets.header import HeaderBar
 from llm_moments.tui.widgets.layer_table import LayerTable
 from llm_moments.tui.widgets.status_line import StatusLine
 from llm_moments.tui.widgets.step_panel import StepPanel
-
-from tui_fakes import (BLOCK_LAYERS, STEP_NS, SUB_LAYERS, FakeSource, append_records, capture_notifications,
-                       footer_record, make_gpu_sample, make_header, make_session, make_step, plain, run, settle,
-                       table_lines, wait_for, write_recording)
 
 SIZE = (100, 30)
 # BLOCK_LAYERS' base moments, slowest first: blocks.1, blocks.3, blocks.0, blocks.2, embed, norm
@@ -327,14 +342,14 @@ def test_broken_theme_file_resolves_to_dark_with_a_warning(tmp_path, content, wo
         path.write_bytes(content)
     elif content is not None:
         path.write_text(content, encoding="utf-8")
-    themes, name, warning = theme_files.resolve(str(path))
+    _themes, name, warning = theme_files.resolve(str(path))
     assert name == "moments-dark"
     assert warning is not None and words in warning and "using the dark theme" in warning
     assert str(path) in warning
 
 
 def test_unknown_theme_name_resolves_to_dark_with_a_warning():
-    themes, name, warning = theme_files.resolve("solarized")
+    _themes, name, warning = theme_files.resolve("solarized")
     assert name == "moments-dark" and "unknown theme 'solarized'" in warning
 
 

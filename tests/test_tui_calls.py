@@ -4,11 +4,11 @@ moment, their time counted there)."""
 
 from __future__ import annotations
 
+from tui_fakes import SUB_LAYERS, FakeSource, make_header, make_step, plain, run, settle
+
 from llm_moments.tui.app import MomentsApp
 from llm_moments.tui.screens.detail import LayerDetailScreen
 from llm_moments.tui.state import ViewState
-
-from tui_fakes import SUB_LAYERS, FakeSource, make_header, make_step, plain, run, settle
 
 ATTN, MLP = 6, 7  # blocks.0.attn, blocks.0.mlp in SUB_LAYERS
 

@@ -11,6 +11,7 @@ file; the real engine child is tested in test_live.py.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -95,7 +96,8 @@ class UI:
         env = dict(os.environ, TERM="xterm-256color", COLUMNS="160", LINES="48")
         env.pop("TEXTUAL", None)
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", LAUNCHER, FAKE_ENGINE, str(self.rec), str(ROOT / "tests"), *(["lost"] if lost else [])],
+            [sys.executable, "-c", LAUNCHER, FAKE_ENGINE, str(self.rec), str(ROOT / "tests"),
+             *(["lost"] if lost else [])],
             stdin=slave, stdout=slave, stderr=slave, start_new_session=True, preexec_fn=child_setup,
             env=env, cwd=str(tmp_path))
         os.close(slave)
@@ -138,10 +140,8 @@ class UI:
 
     def kill(self) -> None:
         for pid in [self.proc.pid, *self.engine_pids()]:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self.proc.wait()
 
 

@@ -10,10 +10,9 @@ Update the baselines after a deliberate UI change with:
 from __future__ import annotations
 
 import pytest
+from tui_fakes import STEP_NS, SUB_LAYERS, FakeSource, make_gpu_sample, make_header, make_step
 
 from llm_moments.tui.app import MomentsApp
-
-from tui_fakes import (STEP_NS, SUB_LAYERS, FakeSource, make_gpu_sample, make_header, make_step)
 
 SIZES = {"80x24": (80, 24), "160x48": (160, 48)}
 

@@ -11,12 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tui_fakes import (
+    BLOCK_LAYERS,
+    STEP_NS,
+    SUB_LAYERS,
+    make_cpu_sample,
+    make_gpu_sample,
+    make_header,
+    make_session,
+    make_step,
+)
 
 import llm_moments.tui.state as tui_state
 from llm_moments.tui.state import RATE_WINDOW_NS, SORT_KEYS, ViewState
-
-from tui_fakes import (BLOCK_LAYERS, STEP_NS, SUB_LAYERS, make_cpu_sample, make_gpu_sample, make_header,
-                       make_session, make_step)
 
 
 def state_with(records, mode: str = "live") -> ViewState:
@@ -30,8 +37,10 @@ def arrays(steps, key):
 
 
 ROOT = Path(__file__).resolve().parents[1]
-ENGINE_MODULES = ["llm_moments", "llm_moments.engine", "llm_moments.engine.cli", "llm_moments.engine.session.monitor", "llm_moments.engine.core.recording", "llm_moments.engine.analysis.stats", "llm_moments.engine.session.models",
-                  "llm_moments.engine.session.runner", "llm_moments.engine.output.text"]
+ENGINE_MODULES = ["llm_moments", "llm_moments.engine", "llm_moments.engine.cli", "llm_moments.engine.session.monitor",
+                  "llm_moments.engine.core.recording", "llm_moments.engine.analysis.stats",
+                  "llm_moments.engine.session.models", "llm_moments.engine.session.runner",
+                  "llm_moments.engine.output.text"]
 
 
 # -- layering: the engine stands alone ----------------------------------------------------------------
@@ -40,7 +49,8 @@ ENGINE_MODULES = ["llm_moments", "llm_moments.engine", "llm_moments.engine.cli",
 def test_importing_the_engine_does_not_import_textual_or_the_ui():
     """A fresh interpreter: the named modules, then every other module of the package."""
     code = ("import importlib, pkgutil, sys\nimport llm_moments.engine as engine\n"
-            f"names = {ENGINE_MODULES!r} + [m.name for m in pkgutil.walk_packages(engine.__path__, 'llm_moments.engine.')"
+            f"names = {ENGINE_MODULES!r} + "
+            "[m.name for m in pkgutil.walk_packages(engine.__path__, 'llm_moments.engine.')"
             " if not m.name.endswith('__main__')]\n"
             "for name in names: importlib.import_module(name)\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] == 'textual' or m.startswith('llm_moments.tui'))\n"
@@ -112,7 +122,7 @@ def test_apply_header_steps_and_samples():
     assert len(s.samples) == 5 and s.samples[-1]["sm_clock_mhz"] == 1980.0
     assert s.last_step["index"] == 4
     assert s.newest_t_ns == 4 * STEP_NS + STEP_NS // 2     # the last sample is newer than the last step
-    assert list(s.step_meta)[0] == (0, "prefill", 1980.0, ())
+    assert next(iter(s.step_meta)) == (0, "prefill", 1980.0, ())
     assert s.footer is None and s.error is None and not s.no_layer_timing
 
     s.apply([{"type": "footer", "steps": 5, "reason": "completed"}])

@@ -19,14 +19,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import _IDS, FakeClock, _quiet_transformers, generate, ids
 from torch import nn
 
-from conftest import _IDS, FakeClock, _quiet_transformers, generate, ids
 from llm_moments import Monitor
+from llm_moments.engine.analysis.roofline import place
 from llm_moments.engine.core import roof as roof_mod
 from llm_moments.engine.core.hooks import find_layers
 from llm_moments.engine.core.recording import load
-from llm_moments.engine.analysis.roofline import place
 from llm_moments.engine.core.roof import datasheet, machine_roof
 from llm_moments.engine.core.work import LayerWork, header_coeffs, step_work
 from llm_moments.engine.core.work_model import flop_counter_total, layer_work, module_work
@@ -231,7 +231,8 @@ def test_llama_gqa_attention_by_hand_and_by_flop_counter(llama_sdpa, llama_eager
             attn = model.model.layers[0].self_attn
             cache = _cache(model)
 
-            def call(seq: int, start: int, counter: bool):
+            # called at once in this iteration; the defaults bind this iteration's values all the same
+            def call(seq: int, start: int, counter: bool, *, batch=batch, model=model, attn=attn, cache=cache):
                 x = torch.randn(batch, seq, 32)
                 pos = torch.arange(start, start + seq).expand(batch, seq)
                 rope = model.model.rotary_emb(x, pos)
@@ -285,7 +286,6 @@ def test_head_counts_the_last_position_in_prefill_only(tiny_gpt2):
 
 def test_encoder_attention_counted_once_per_layer(tiny_bert):
     """BertAttention holds BertSelfAttention: the core is counted once, not twice."""
-    cfg = tiny_bert.config
     layers = find_layers(tiny_bert, "blocks")
     works = dict(zip([l.name for l in layers], layer_work(tiny_bert, layers, generative=False)))
     block = works["encoder.layer.0"]
@@ -406,7 +406,8 @@ def test_machine_roof_without_calibration_or_cache(tmp_path, monkeypatch, counte
     assert out["peak_flops"] is None and out["source"] == "unknown"
 
 
-@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"peak_flops": 1e9}', '{"peak_flops": 0, "peak_bytes_per_s": 1}',
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"peak_flops": 1e9}',
+                                     '{"peak_flops": 0, "peak_bytes_per_s": 1}',
                                      '{"peak_flops": "x", "peak_bytes_per_s": 1}'])
 def test_a_bad_cache_file_means_calibrating_again(tmp_path, monkeypatch, counted_calibrate, content):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))

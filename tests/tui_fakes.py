@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 # Top-level layers and their base moments (ms): distinct, so every sort has one right answer.
 BLOCK_LAYERS = [

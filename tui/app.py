@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from textual.app import App
 from textual.binding import Binding
@@ -19,15 +20,15 @@ from textual.css.query import NoMatches
 from llm_moments.engine.errors import MomentsError
 
 from . import themes as theme_files
+from .render import visible
 from .screens.detail import LayerDetailScreen
-from .screens.help import HelpScreen
 from .screens.diff import DiffScreen
+from .screens.help import HelpScreen
 from .screens.main import MainScreen
 from .screens.outliers import OutliersScreen
 from .screens.ranks import RanksScreen
-from .screens.roofline import RooflineScreen
-from .render import visible
 from .screens.record import RecordDialog
+from .screens.roofline import RooflineScreen
 from .sources import Source
 from .state import ViewState
 from .widgets.heatmap import Heatmap

@@ -4,10 +4,21 @@ run and report. The parser comes from engine.cli; this module adds what needs th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from llm_moments.engine.cli import build_parser, cmd_diff, cmd_export, cmd_report, cmd_run_headless, error, guarded, rate_hz
+from llm_moments.engine.cli import (
+    build_parser,
+    cmd_diff,
+    cmd_export,
+    cmd_report,
+    cmd_run_headless,
+    error,
+    guarded,
+    rate_hz,
+)
 from llm_moments.engine.errors import MomentsError
 from llm_moments.engine.output.sanitize import visible
 
@@ -69,10 +80,8 @@ def _run_app(source: Any, theme: str | None, compare: Any = None) -> int:
 
 
 def _say(line: str) -> None:
-    try:  # the terminal may be gone
+    with contextlib.suppress(OSError, ValueError):  # the terminal may be gone
         print(visible(line), file=sys.stderr)  # it may quote a file's or the engine's text
-    except (OSError, ValueError):
-        pass
 
 
 def _check_theme(args: argparse.Namespace) -> None:

@@ -19,12 +19,14 @@ and if the event loop does not get there within ``grace_s`` the process leaves w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import termios
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from textual.drivers.linux_driver import LinuxDriver
 
@@ -110,7 +112,7 @@ class SessionGuard:
         self._old: dict[int, Any] = {}
 
     # -- set-up -----------------------------------------------------------------------------------
-    def install(self) -> "SessionGuard":
+    def install(self) -> SessionGuard:
         self.app.session_guard = self
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):  # SIGINT: a `kill -INT`, not the key
             self._old[sig] = signal.signal(sig, self._on_signal)
@@ -152,14 +154,10 @@ class SessionGuard:
 
     def _finish(self) -> None:
         # The recording first, without the event loop: it may be stuck on the dead terminal.
-        try:
+        with contextlib.suppress(Exception):
             stop_source(self.source, self.stop_timeout_s)
-        except Exception:
-            pass
-        try:  # then the app, the way q does it (a no-op if the loop is stuck)
+        with contextlib.suppress(Exception):  # then the app, the way q does it (a no-op if the loop is stuck)
             self.app.call_later(self.app.exit)
-        except Exception:
-            pass
         if self.app_done.wait(self.grace_s):
             return
         _restore_terminal(self.app)

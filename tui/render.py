@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from rich.markup import escape as _escape_markup
@@ -20,9 +20,27 @@ from llm_moments.engine.output.sanitize import visible
 # the one set of unit formatters (engine/output/units.py), re-exported for the widgets
 from llm_moments.engine.output.units import bar, fmt3, fmt_cycles, fmt_mhz, fmt_ms, na, si
 
-__all__ = ["fmt_ms", "fmt3", "fmt_cycles", "fmt_mhz", "na", "si", "spark", "bar", "ramp", "chart", "palette",
-           "visible", "safe_markup", "cell", "ChartScale", "chart_scale", "Histogram", "robust_histogram",
-           "OVER_MARK"]
+__all__ = [
+    "OVER_MARK",
+    "ChartScale",
+    "Histogram",
+    "bar",
+    "cell",
+    "chart",
+    "chart_scale",
+    "fmt3",
+    "fmt_cycles",
+    "fmt_mhz",
+    "fmt_ms",
+    "na",
+    "palette",
+    "ramp",
+    "robust_histogram",
+    "safe_markup",
+    "si",
+    "spark",
+    "visible",
+]
 
 
 def safe_markup(text: object) -> str:

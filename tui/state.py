@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import collections
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -368,13 +369,14 @@ class ViewState:
         clock = (self.header or {}).get("clock", {})
         return clock.get("sm_clock_max_mhz") or clock.get("nominal_mhz")
 
-    def _normalized(self, ms: np.ndarray, cycles: np.ndarray, tokens: np.ndarray, clock: np.ndarray) -> dict[str, float]:
+    def _normalized(self, ms: np.ndarray, cycles: np.ndarray, tokens: np.ndarray,
+                    clock: np.ndarray) -> dict[str, float]:
         """Cycles per token (the CPI of a layer) and the moment at the reference clock."""
         ref = self.reference_clock_mhz()
         with np.errstate(divide="ignore", invalid="ignore"):
             per_token = cycles / np.where(tokens > 0, tokens, np.nan)
             at_ref = ms * clock / ref if ref else np.full_like(ms, np.nan)
-        mean = lambda x: float(np.nanmean(x)) if np.isfinite(x).any() else math.nan  # noqa: E731
+        mean = lambda x: float(np.nanmean(x)) if np.isfinite(x).any() else math.nan
         return {"cycles_per_token": mean(per_token), "ref_clock_mhz": ref, "mean_ms_at_ref": mean(at_ref)}
 
     def layer_detail(self, index: int, last: int = HISTORY_STEPS) -> dict[str, Any]:

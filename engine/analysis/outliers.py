@@ -5,9 +5,9 @@ The definition, in full: steps are judged within their kind (a prefill against p
 many times a decode step). Number a kind's steps 0, 1, 2 ... in order; step ``p`` is judged once
 ``p >= MIN_HISTORY``, against a reference: the ``HISTORY`` steps of its kind before the start ``b`` of
 its block. Blocks are ``EARLY_BLOCK`` steps long while the history fills (``p < HISTORY``: a reference
-of 16 steps is too noisy to judge 32 more by), ``BLOCK`` after: ``b = max(p // size × size, MIN_HISTORY)``. A moment is an outlier when it exceeds the
-reference's median (per layer, ignoring steps where the layer did not run) by more than
-``K_MAD × 1.4826 × MAD`` and by at least ``MIN_EXCESS_MS``.
+of 16 steps is too noisy to judge 32 more by), ``BLOCK`` after: ``b = max(p // size × size, MIN_HISTORY)``.
+A moment is an outlier when it exceeds the reference's median (per layer, ignoring steps where the layer
+did not run) by more than ``K_MAD × 1.4826 × MAD`` and by at least ``MIN_EXCESS_MS``.
 
 Blocks make it cheap (one median per layer per ``BLOCK`` steps) and, being fixed by position, make the
 verdict independent of how the steps arrive: a whole file at once, or a live session frame by frame.

@@ -35,7 +35,7 @@ class Roof:
     max_clock_mhz: float | None
 
     @classmethod
-    def of(cls, header: dict[str, Any]) -> "Roof":
+    def of(cls, header: dict[str, Any]) -> Roof:
         roof = header.get("roof") or {}
         return cls(roof.get("peak_flops"), roof.get("peak_bytes_per_s"), roof.get("source"),
                    (header.get("clock") or {}).get("sm_clock_max_mhz"))

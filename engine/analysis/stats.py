@@ -7,8 +7,9 @@ own frame rate, the CLI at the end), never per step.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -60,7 +61,7 @@ class RollingStats:
         rows = slice(0, None) if last is None else slice(max(self.n_steps - last, 0), None)
         return {f: np.array(self.window.column(self._COLUMN.get(f, f))[rows]) for f in fields}
 
-    def summary(self) -> "Summary":
+    def summary(self) -> Summary:
         return summarize_table(self.window, steps_total=self.steps_seen)
 
 

@@ -151,7 +151,5 @@ class _Interrupts:
 
 def _quietly(write: Callable[[], Any]) -> None:
     """Terminal output after a hang-up or into a closed pipe fails: the session's end must not."""
-    try:
+    with contextlib.suppress(OSError, ValueError):
         write()
-    except (OSError, ValueError):
-        pass

@@ -251,10 +251,8 @@ def _cpuinfo(proc_root: str) -> tuple[str | None, float | None]:
                 if key == "model name" and model is None:
                     model = value
                 elif key == "cpu MHz":
-                    try:
+                    with contextlib.suppress(ValueError):
                         mhz.append(float(value))
-                    except ValueError:
-                        pass
     except OSError:
         pass
     return model, (sum(mhz) / len(mhz) if mhz else None)

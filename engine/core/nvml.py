@@ -11,12 +11,13 @@ tests can inject a small fake module that defines only what it uses.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
 from time import perf_counter_ns, time_ns
 from typing import Any
 
-__all__ = ["NvmlUnavailable", "NvmlDevice", "open_device", "decode_reasons", "REASON_BITS"]
+__all__ = ["REASON_BITS", "NvmlDevice", "NvmlUnavailable", "decode_reasons", "open_device"]
 
 # Clock event ("throttle") reason bits, our own table so old and new bindings decode alike.
 # Values from nvml.h; 0x200 / 0x400 exist only in the deprecated ThrottleReasons table.
@@ -127,7 +128,7 @@ def _text(value: Any) -> Any:
 
 def _import_binding() -> Any:
     try:
-        import pynvml  # noqa: PLC0415 - lazy: importing must never be needed on CPU machines
+        import pynvml
     except ImportError:
         return None
     return pynvml
@@ -156,10 +157,8 @@ def _release(binding: Any) -> None:
             return
         _init_refs.pop(key, None)
         if left == 0:
-            try:
+            with contextlib.suppress(Exception):  # shutting down a lost GPU may fail; nothing left to do
                 binding.nvmlShutdown()
-            except Exception:  # shutting down a lost GPU may fail; nothing left to do
-                pass
 
 
 def open_device(index: int = 0, uuid: str | None = None, binding: Any = None) -> NvmlDevice:

@@ -1,10 +1,11 @@
-"""JSON Lines recordings (schema ``moments/1``): a crash-safe writer, a tolerant reader, a follower.
+"""JSON Lines recordings (schema ``moments/1``): reading them.
 
-One JSON object per line. The writer flushes after every step so that a process killed at any point
-leaves a file whose complete lines all load; the reader checks every line (strict JSON, each record
-against the header), skips and counts the bad ones wherever they are (a cut-off last line too), and
-refuses a bad header or a newer major schema with one clear line. ``iter_records`` / ``RecordReader``
-stream a file in bounded memory; ``follow`` tails one that is being written.
+One JSON object per line. The writer (core/writer.py) flushes after every step so that a process
+killed at any point leaves a file whose complete lines all load; the reader checks every line (strict
+JSON, each record against the header: core/validate.py), skips and counts the bad ones wherever they
+are (a cut-off last line too), and refuses a bad header or a newer major schema with one clear line.
+``iter_records`` / ``RecordReader`` stream a file in bounded memory; core/follow.py tails one that is
+being written. The writer's and the checks' names are importable from here as well.
 """
 
 from __future__ import annotations

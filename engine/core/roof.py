@@ -66,7 +66,7 @@ def device_key(device: torch.device, dtype: torch.dtype) -> str:
     else:
         name = platform.processor() or platform.machine()
         name = f"{name}-{torch.get_num_threads()}threads"
-    return "".join(ch if ch.isalnum() else "_" for ch in f"{device.type}-{name}-{str(dtype)}")
+    return "".join(ch if ch.isalnum() else "_" for ch in f"{device.type}-{name}-{dtype!s}")
 
 
 def _sync(device: torch.device) -> None:

@@ -229,7 +229,8 @@ class StepRule:
     that many keys) or a compact (values per group, group per cache layer) pair for ``expand_kv``.
     ``read_host_scalars``: read a static cache's length when it lives on the CPU and no counter knows it
     (tests turn it off to run the GPU path on a CPU). ``owned``: the cache layers a pipeline stage
-    fills (its own blocks): past and context are read from those, never from another stage's empty ones. ``close()`` takes the wrappers off the caches.
+    fills (its own blocks): past and context are read from those, never from another stage's empty ones.
+    ``close()`` takes the wrappers off the caches.
     """
 
     def __init__(self, generative: bool, read_host_scalars: bool = True, owned: Any = None):

@@ -7,6 +7,7 @@ when asked (``--force``, ``overwrite=True``); one that may hold prompts and outp
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -188,14 +189,10 @@ class Recorder:
                 if fh.write(footer) != len(footer):
                     fh.truncate(self._good_bytes)
         except (OSError, ValueError):
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 fh.truncate(self._good_bytes)
-            except (OSError, ValueError):
-                pass
-        try:
+        with contextlib.suppress(OSError, ValueError):
             fh.close()
-        except (OSError, ValueError):
-            pass
         if self._good_bytes == 0:
             self.lost = f"recording stopped: {why}; nothing was recorded to {self.path}"
         elif steps == 0:
@@ -219,10 +216,8 @@ class Recorder:
                 self.flush()
         except RecordingLost:
             return
-        try:
+        with contextlib.suppress(OSError, ValueError):
             self._fh.close()
-        except (OSError, ValueError):
-            pass
         self._fh = None
         self.closed = True
         if not self.header_written:

@@ -312,8 +312,10 @@ def svg_roofline(d: ReportData) -> tuple[str, list[str]]:
         for j, x, y in pts:
             if (d.parents[j] is not None) != sub:
                 continue
-            tip = (f"{d.names[j]}\nintensity {fmt_scaled(x)} FLOP/B\nachieved {si(y, 'FLOP/s')}, {si(w['bytes_per_s'][j], 'B/s')}"
-                   f"\n{fmt_scaled(w['roof_pct'][j])} % of roof, {'memory' if w['memory_bound'][j] else 'compute'} bound"
+            bound = "memory" if w["memory_bound"][j] else "compute"
+            tip = (f"{d.names[j]}\nintensity {fmt_scaled(x)} FLOP/B"
+                   f"\nachieved {si(y, 'FLOP/s')}, {si(w['bytes_per_s'][j], 'B/s')}"
+                   f"\n{fmt_scaled(w['roof_pct'][j])} % of roof, {bound} bound"
                    f"\nfloor {fmt_ms(w['floor_ms'][j])} ms per run")
             body.append(_circle(X(x), Y(y), 3.5 if sub else 5, C_SUB if sub else C_TOP, tip,
                                 class_="pt sub" if sub else "pt top", stroke="#fff", stroke_width="1"))

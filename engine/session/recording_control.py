@@ -5,6 +5,7 @@ records).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any
@@ -36,10 +37,8 @@ class RecordingControl:
         note = {"type": "recording", "t_ns": time.perf_counter_ns() - self.t0_ns,
                 "path": str(recorder.path) if recorder is not None else None}
         for fn in list(self._listeners):
-            try:
+            with contextlib.suppress(Exception):  # _emit reports and removes a failing listener on the next record
                 fn(note)
-            except Exception:
-                pass  # _emit reports and removes a failing listener on the next record
 
     def start_recording(self, path: str | os.PathLike, overwrite: bool = False) -> str:
         """Record the rest of a running session to ``path`` (a bad path raises MomentsError now).

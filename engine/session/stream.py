@@ -72,10 +72,8 @@ class _Out:
             except (BrokenPipeError, OSError, ValueError):
                 self.broken = True  # the UI is gone: end the session properly
                 self.on_broken()
-        try:
+        with contextlib.suppress(BrokenPipeError, OSError, ValueError):
             self.fh.flush()
-        except (BrokenPipeError, OSError, ValueError):
-            pass
 
     def close(self) -> None:
         self.q.put(None)

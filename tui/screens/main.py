@@ -93,4 +93,5 @@ class MainScreen(Screen):
         heatmap = self.query_one(heatmap_id, Heatmap)
         if heatmap.display or self.has_class("-heatmap-only") or self.wide:
             cols = max(1, heatmap.size.width - 18)
-            heatmap.show(state.layer_names, state.stats.parents if state.stats else [], state.heatmap(cols, heatmap.values))
+            parents = state.stats.parents if state.stats else []
+            heatmap.show(state.layer_names, parents, state.heatmap(cols, heatmap.values))

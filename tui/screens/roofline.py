@@ -31,10 +31,10 @@ def plot(intensity: np.ndarray, achieved: np.ndarray, labels: list[str], peak_fl
     grid = [[(" ", "")] * width for _ in range(height)]
 
     def col(x: float) -> int:
-        return int(round((x - x0) / (x1 - x0) * (width - 1)))
+        return round((x - x0) / (x1 - x0) * (width - 1))
 
     def row(y: float) -> int:
-        return height - 1 - int(round((y - y0) / (y1 - y0) * (height - 1)))
+        return height - 1 - round((y - y0) / (y1 - y0) * (height - 1))
 
     for c in range(width):  # the roof
         x = x0 + c / (width - 1) * (x1 - x0)

@@ -47,7 +47,8 @@ class ClockPanel(Static):
             ("SM  ", "bold"), f"{na(s.get('sm_clock_mhz'))} / {fmt_mhz(info.get('sm_clock_max_mhz'))}\n",
             (spark(hist, width, lo=lo, hi=hi), "$primary"), "\n",
             ("MEM ", "bold"), f"{na(s.get('mem_clock_mhz'))} / {fmt_mhz(info.get('mem_clock_max_mhz'))}\n",
-            ("util ", "bold"), f"GPU {na(s.get('gpu_util_pct'), unit='%')}  mem {na(s.get('mem_util_pct'), unit='%')}\n",
+            ("util ", "bold"),
+            f"GPU {na(s.get('gpu_util_pct'), unit='%')}  mem {na(s.get('mem_util_pct'), unit='%')}\n",
             ("power ", "bold"), f"{na(s.get('power_w'), unit=' W')}  ", ("temp ", "bold"),
             f"{na(s.get('temp_c'), unit=' °C')}\n",
         ]

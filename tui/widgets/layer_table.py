@@ -177,7 +177,8 @@ class LayerTable(ScrollView, can_focus=True):
         name = ("  " if child else "") + visible(v.names[i])  # a Segment is written as is: no ESC in it
         if len(name) > self._name_width - 1:
             name = "…" + name[-(self._name_width - 2):]
-        segs.append(Segment(name.ljust(self._name_width), base + styles["slow"] if v.slowest[i] and not selected else base))
+        name_style = base + styles["slow"] if v.slowest[i] and not selected else base
+        segs.append(Segment(name.ljust(self._name_width), name_style))
         for col in self._columns[1:]:
             text, style = self._cell(col, i, styles)
             segs.append(Segment(text, base + style if style and not selected else base))
