@@ -285,7 +285,7 @@ def fake_serve(monkeypatch):
     monitor = _FakeMonitor()
     monkeypatch.setattr(setup, "prepare_session", lambda args: ([], None))
     monkeypatch.setattr(setup, "warm_up", lambda *a: None)
-    monkeypatch.setattr(setup, "make_monitor", lambda *a: monitor)
+    monkeypatch.setattr(setup, "make_monitor", lambda *a, **kw: monitor)
     monkeypatch.setattr(runner, "stream", lambda *a, stop, **k: stop.wait(5))
     return monitor
 

@@ -50,8 +50,6 @@ HELP = """\
   share = the layer's part of the step time; GFLOP/s achieved and roof% = of the attainable roof at the
   layer's arithmetic intensity, m / c = memory- / compute-bound (work counted from the modules' shapes);
   gap ms = mean time before a top-level layer since the previous one ended (wide terminals).
-
-esc or ? to close
 """
 
 
@@ -64,5 +62,8 @@ class HelpScreen(ModalScreen):
     """
 
     def compose(self) -> ComposeResult:
-        with VerticalScroll():
+        with VerticalScroll() as scroll:
+            # on the border, so it shows however far the text runs below a short terminal
+            scroll.border_title = "keys"
+            scroll.border_subtitle = "esc or ? to close · ↑ ↓ scroll"
             yield Static(HELP)
