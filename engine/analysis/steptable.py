@@ -3,9 +3,9 @@
 Per layer and step (float64, NaN where the layer did not run or the field is unknown): ``ms``,
 ``cycles``, ``calls`` (``layer_calls``, absent in older recordings: NaN), ``start_ms``, ``positions``
 and ``context`` (what each layer computed and attended over, core/work.py's ``work_inputs``; NaN
-without work coefficients: ``work()`` turns them into FLOPs and bytes); per step: ``index``, ``kind``, ``t_ns``, ``wall_ms``, ``tokens``, ``batch``,
-``seq_len``, ``past_len`` (0: not recorded), ``clock_mhz`` (NaN: unknown), ``hooks_fired``,
-``throttle`` (tuples).
+without work coefficients: ``work()`` turns them into FLOPs and bytes). Per step: ``index``, ``kind``,
+``t_ns``, ``wall_ms``, ``tokens``, ``batch``, ``seq_len``, ``past_len`` (0: not recorded),
+``clock_mhz`` (NaN: unknown), ``hooks_fired``, ``throttle`` (tuples).
 
 Records become arrays in exactly one place, ``_convert``: the JSON ``null`` of a layer that did not
 run becomes NaN there and nowhere else. A table is filled in bounded chunks (``extend`` converts
@@ -15,8 +15,9 @@ dicts), either growing (a recording) or as a ring of the newest ``capacity`` ste
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from itertools import chain
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -141,19 +142,19 @@ class StepTable:
         self._cols = self._alloc(self._cap)
 
     @classmethod
-    def for_header(cls, header: dict[str, Any], **kwargs: Any) -> "StepTable":
+    def for_header(cls, header: dict[str, Any], **kwargs: Any) -> StepTable:
         layers = header.get("layers") or []
         return cls([l.get("name", f"layer {j}") for j, l in enumerate(layers)], [l.get("parent") for l in layers],
                    header_coeffs(header), **kwargs)
 
     @classmethod
-    def from_steps(cls, header: dict[str, Any], steps: Iterable[dict[str, Any]]) -> "StepTable":
+    def from_steps(cls, header: dict[str, Any], steps: Iterable[dict[str, Any]]) -> StepTable:
         table = cls.for_header(header)
         table.extend(steps)
         return table
 
     @classmethod
-    def from_recording(cls, rec: Any) -> "StepTable":
+    def from_recording(cls, rec: Any) -> StepTable:
         """From a loaded ``Recording`` (header + steps)."""
         return cls.from_steps(rec.header, rec.steps)
 
@@ -183,7 +184,7 @@ class StepTable:
     def append(self, step: dict[str, Any]) -> None:
         self.extend((step,))
 
-    def extend_table(self, other: "StepTable") -> None:
+    def extend_table(self, other: StepTable) -> None:
         """Append another table's steps (same layers), e.g. one converted batch into the live window."""
         if len(other):
             self._write({name: other.column(name) for name in self._cols})
@@ -228,16 +229,16 @@ class StepTable:
             return self.column(name)
         raise AttributeError(name)
 
-    def take(self, rows: np.ndarray | slice) -> "StepTable":
+    def take(self, rows: np.ndarray | slice) -> StepTable:
         """A new (growing) table of the selected steps: a bool mask, indices or a slice, in step order."""
         out = StepTable(self.names, self.parents, self.coeffs, capacity=1)
         out._write({name: self.column(name)[rows] for name in self._cols})
         return out
 
-    def tail(self, n: int) -> "StepTable":
+    def tail(self, n: int) -> StepTable:
         return self.take(slice(max(len(self) - n, 0), len(self)))
 
-    def of_kind(self, kind: str) -> "StepTable":
+    def of_kind(self, kind: str) -> StepTable:
         return self.take(self.column("kind") == kind)
 
     @property
