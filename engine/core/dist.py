@@ -264,7 +264,7 @@ def tp_module_styles(model: nn.Module) -> dict[int, str]:
     return out
 
 
-def _local(t: torch.Tensor) -> torch.Tensor:
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
     """This rank's shard of a DTensor (a plain tensor is its own shard)."""
     to_local = getattr(t, "to_local", None)
     if callable(to_local) and hasattr(t, "placements"):
@@ -276,11 +276,11 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 
 def local_shape(t: torch.Tensor) -> tuple[int, ...]:
-    return tuple(int(s) for s in _local(t).shape)
+    return tuple(int(s) for s in local_tensor(t).shape)
 
 
 def local_numel(t: torch.Tensor) -> int:
-    return int(_local(t).numel())
+    return int(local_tensor(t).numel())
 
 
 def _accelerate_hooks(mod: nn.Module) -> list[Any]:
@@ -444,6 +444,7 @@ __all__ = [
     "layer_placement",
     "local_numel",
     "local_shape",
+    "local_tensor",
     "offloaded_hooks",
     "parallel_layout",
     "rank_info",

@@ -16,21 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from llm_moments.engine.core.dist import local_tensor
 from llm_moments.engine.core.steps import layer_roles
 from llm_moments.engine.core.work import COLUMNS, FORMULA, LayerWork
 
 _NORM_FLOPS_PER_ELEMENT = 5  # mean, variance, normalize, scale, shift: an estimate, as is usual
 
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """This rank's shard of a DTensor parameter; a plain tensor is its own."""
-    to_local = getattr(t, "to_local", None)
-    if callable(to_local) and hasattr(t, "placements"):
-        try:
-            return to_local()
-        except Exception:
-            return t
-    return t
 
 
 def _is_sharded(t: Any) -> bool:
@@ -41,7 +32,7 @@ def _linear_shape(mod: nn.Module) -> tuple[int, int] | None:
     if isinstance(mod, nn.Linear):
         w = getattr(mod, "weight", None)
         if _is_sharded(w) and w.dim() == 2:
-            out_f, in_f = _local(w).shape  # this rank's rows (column-wise) or columns (row-wise)
+            out_f, in_f = local_tensor(w).shape  # this rank's rows (column-wise) or columns (row-wise)
             return int(in_f), int(out_f)
         return mod.in_features, mod.out_features
     # transformers' Conv1D (GPT-2) is a Linear with the weight transposed: weight [in, out]
@@ -51,7 +42,7 @@ def _linear_shape(mod: nn.Module) -> tuple[int, int] | None:
 
 
 def _param_bytes(mod: nn.Module) -> int:
-    return sum(_local(p).numel() * p.element_size() for p in mod.parameters(recurse=False))
+    return sum(local_tensor(p).numel() * p.element_size() for p in mod.parameters(recurse=False))
 
 
 def _head_share(mod: nn.Module) -> float:
@@ -59,7 +50,7 @@ def _head_share(mod: nn.Module) -> float:
     for sub in mod.modules():
         w = getattr(sub, "weight", None) if isinstance(sub, nn.Linear) else None
         if _is_sharded(w) and w.dim() == 2:
-            local, whole = _local(w).shape[0], w.shape[0]
+            local, whole = local_tensor(w).shape[0], w.shape[0]
             if local != whole and whole:  # column-sharded (q/k/v): a slice of the heads
                 return float(local) / float(whole)
     return 1.0
@@ -100,7 +91,7 @@ def module_work(module: nn.Module, config: Any = None, act_bytes: int = 4,
         elif isinstance(mod, nn.Embedding):
             work.c += 2 * mod.embedding_dim * act_bytes  # a gathered row in, the same row out
         elif "Norm" in type(mod).__name__ and getattr(mod, "weight", None) is not None:
-            dim = _local(mod.weight).numel()
+            dim = local_tensor(mod.weight).numel()
             work.a += _NORM_FLOPS_PER_ELEMENT * dim
             work.w += _param_bytes(mod)
             work.c += 2 * dim * act_bytes

@@ -9,7 +9,6 @@ import csv
 import heapq
 import io
 import json
-import math
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from llm_moments.engine.analysis.scan import Scan, scan, step_chunks
 from llm_moments.engine.analysis.steptable import StepTable
 from llm_moments.engine.core.recording import Recording
 from llm_moments.engine.output.sanitize import csv_text
+from llm_moments.engine.output.units import json_safe
 
 
 def chrome_trace(rec: Any) -> dict[str, Any]:
@@ -207,17 +207,9 @@ def _dumps(obj: Any) -> str:
     try:
         return json.dumps(obj, allow_nan=False)
     except ValueError:
-        return json.dumps(_finite(obj), allow_nan=False)
+        return json.dumps(json_safe(obj), allow_nan=False)
 
 
-def _finite(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
 
 
 def write_export(src: Any, fmt: str, out: IO[str]) -> None:

@@ -69,9 +69,9 @@ def add_to_report_json(doc: dict[str, Any], ra: RankAnalysis) -> dict[str, Any]:
 
 
 def report_json(text: str, ra: RankAnalysis) -> str:
-    from llm_moments.engine.output.text import _finite
+    from llm_moments.engine.output.units import json_safe
 
-    return json.dumps(_finite(add_to_report_json(json.loads(text), ra)), indent=2)
+    return json.dumps(json_safe(add_to_report_json(json.loads(text), ra)), indent=2)
 
 
 # -- report: cells shared by text / Markdown / HTML --------------------------------------------------------
@@ -330,10 +330,11 @@ def write_split(rs: RankSet, fmt: str, rank: int, out: IO[str], warnings: list[t
 
 def render_rank_diff(d: RankDiff, name_a: str, name_b: str, fmt: str = "text") -> str:
     """The merged comparison, then one per rank pair (text / md), or all of it as JSON."""
-    from llm_moments.engine.output.text import _finite, render_diff
+    from llm_moments.engine.output.text import render_diff
+    from llm_moments.engine.output.units import json_safe
 
     if fmt == "json":
-        return json.dumps(_finite({"a": name_a, "b": name_b, **d.to_dict()}), indent=2) + "\n"
+        return json.dumps(json_safe({"a": name_a, "b": name_b, **d.to_dict()}), indent=2) + "\n"
     md = fmt == "md"
     parts = [("## merged: every rank's steps pooled\n\n" if md else "merged: every rank's steps pooled\n")
              + render_diff(d.merged, name_a, name_b, fmt)]

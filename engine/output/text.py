@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from typing import Any
 
 from rich.console import Console
@@ -13,7 +12,7 @@ from rich.text import Text
 
 from llm_moments.engine.analysis.stats import Summary
 from llm_moments.engine.output.sanitize import visible
-from llm_moments.engine.output.units import finite, fmt_cycles, fmt_mhz, fmt_ms, pct, share_bar, signed_pct
+from llm_moments.engine.output.units import finite, fmt_cycles, fmt_mhz, fmt_ms, json_safe, pct, share_bar, signed_pct
 
 
 def _t(value: Any, style: str = "") -> Text:
@@ -93,18 +92,7 @@ def render_json(summary: Summary, header: dict[str, Any] | None = None,
            "clock": (header or {}).get("clock"), **summary.to_dict()}
     if outliers is not None:
         doc["outliers"] = outliers
-    return json.dumps(_finite(doc), indent=2)
-
-
-def _finite(x: Any) -> Any:
-    """NaN / inf (a layer that never fired) become null: JSON has no NaN."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
+    return json.dumps(json_safe(doc), indent=2)
 
 
 def _share(x: float) -> str:
@@ -114,7 +102,7 @@ def _share(x: float) -> str:
 def render_diff(diff: Any, name_a: str, name_b: str, fmt: str = "text") -> str:
     """The layer-by-layer comparison as a table (text / md) or JSON."""
     if fmt == "json":
-        return json.dumps(_finite({"a": name_a, "b": name_b, **diff.to_dict()}), indent=2) + "\n"
+        return json.dumps(json_safe({"a": name_a, "b": name_b, **diff.to_dict()}), indent=2) + "\n"
     head = ["layer", "A p50 ms", "B p50 ms", "change", "95% interval", "A p99", "B p99", "A cycles", "B cycles",
             "A share", "B share", ""]
     rows = []

@@ -130,3 +130,14 @@ def bar(fraction: float | None, width: int) -> str:
 def share_bar(share: float | None, width: int = 10) -> str:
     """The summary table's share bar; empty for a layer that never ran."""
     return bar(share, width) if finite(share) else ""
+
+
+def json_safe(x: Any) -> Any:
+    """NaN / inf (a layer that never fired) become null, in nested dicts and lists: JSON has no NaN."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    return x
