@@ -76,23 +76,14 @@ def _missing_status(rs: RankSet) -> list[dict[str, Any]]:
     return [{"type": "status", "level": "warning", "message": w} for w in rs.warnings]
 
 
-class RankReplaySource:
-    """Every rank's recording played together (each a ``ReplaySource``): pause, step, seek and speed
-    apply to all of them; steps line up by index, each file at its own recorded pace."""
+class _RankFiles:
+    """Sources of one kind over every rank's file, drained together (each record tagged ``rank``)."""
 
-    mode = "replay"
-    can_record = False
-    can_seek = True
-
-    def __init__(self, rs: RankSet, speed: float = 1.0):
-        from .sources import ReplaySource
-
+    def __init__(self, rs: RankSet, subs: dict[int, Any]):
         self.rs = rs
         self.primary_rank = rs.primary
-        self.subs = {r: ReplaySource(f, speed=speed) for r, f in rs.files.items()}
-        self.rec = self.subs[rs.primary].rec
+        self.subs = subs
         self._pending = _missing_status(rs)
-        self.paused = False
 
     def start(self) -> None:
         for s in self.subs.values():
@@ -103,6 +94,26 @@ class RankReplaySource:
         for r, s in self.subs.items():
             out += _tagged(s.drain(), r)
         return out
+
+    def stop(self) -> None:
+        for s in self.subs.values():
+            s.stop()
+
+
+class RankReplaySource(_RankFiles):
+    """Every rank's recording played together (each a ``ReplaySource``): pause, step, seek and speed
+    apply to all of them; steps line up by index, each file at its own recorded pace."""
+
+    mode = "replay"
+    can_record = False
+    can_seek = True
+
+    def __init__(self, rs: RankSet, speed: float = 1.0):
+        from .sources import ReplaySource
+
+        super().__init__(rs, {r: ReplaySource(f, speed=speed) for r, f in rs.files.items()})
+        self.rec = self.subs[rs.primary].rec
+        self.paused = False
 
     @property
     def speed(self) -> float:
@@ -136,15 +147,11 @@ class RankReplaySource:
         for s in self.subs.values():
             s.seek_to_step(target)
 
-    def stop(self) -> None:
-        for s in self.subs.values():
-            s.stop()
-
     def note(self) -> str | None:
         return f"{self.subs[self.primary_rank].note()} · {len(self.subs)} ranks"
 
 
-class RankWatchSource:
+class RankWatchSource(_RankFiles):
     """Follows every rank's recording (one ``WatchSource`` each, its own thread and file)."""
 
     mode = "watch"
@@ -154,24 +161,7 @@ class RankWatchSource:
     def __init__(self, rs: RankSet, poll_s: float = 0.2):
         from .sources import WatchSource
 
-        self.rs = rs
-        self.primary_rank = rs.primary
-        self.subs = {r: WatchSource(f, poll_s=poll_s) for r, f in rs.files.items()}
-        self._pending = _missing_status(rs)
-
-    def start(self) -> None:
-        for s in self.subs.values():
-            s.start()
-
-    def drain(self) -> list[dict[str, Any]]:
-        out, self._pending = self._pending, []
-        for r, s in self.subs.items():
-            out += _tagged(s.drain(), r)
-        return out
-
-    def stop(self) -> None:
-        for s in self.subs.values():
-            s.stop()
+        super().__init__(rs, {r: WatchSource(f, poll_s=poll_s) for r, f in rs.files.items()})
 
     def note(self) -> str | None:
         notes = {r: s.note() for r, s in self.subs.items()}

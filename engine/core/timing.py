@@ -384,11 +384,7 @@ class MultiCudaTimer:
             frame.spans.append((i, d, begin, ev))
             frame.open[i] = None
 
-    def nest(self, i: int) -> None:
-        frame = self._frame
-        if frame.nested is None:
-            frame.nested = [0] * self.n_layers
-        frame.nested[i] += 1
+    nest = CudaTimer.nest  # host-side count in the step's frame, as on one device
 
     def end_step(self) -> _MultiFrame:
         frame = self._frame

@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import numpy as np
 from rich.segment import Segment
-from rich.style import Style
 from textual.geometry import Size
-from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from ..render import palette, ramp, visible
+from ..render import visible
+from .heat import HeatView
 
 NAME_W = 16
-LEVELS = 16
 
 
-class Heatmap(ScrollView):
+class Heatmap(HeatView):
     DEFAULT_CSS = """
     Heatmap { border: round $primary; border-title-color: $foreground; background: $surface; overflow-x: hidden; }
     """
@@ -56,44 +54,9 @@ class Heatmap(ScrollView):
         self.virtual_size = Size(self.size.width, len(self.names))
         self.refresh()
 
-    def _quantize(self, m: np.ndarray) -> np.ndarray:
-        out = np.full(m.shape, -1, dtype=np.int16)
-        ok = np.isfinite(m) & (m > 0)
-        if not ok.any():
-            return out
-        x = np.where(ok, np.log(np.where(ok, m, 1.0)), np.nan)
-        with np.errstate(all="ignore"):
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                if self.per_layer:
-                    lo = np.nanmin(x, axis=1, keepdims=True)
-                    hi = np.nanmax(x, axis=1, keepdims=True)
-                else:
-                    lo, hi = np.nanmin(x), np.nanmax(x)
-                span = np.where(hi - lo > 0, hi - lo, 1.0)
-                q = np.floor((x - lo) / span * (LEVELS - 1) + 0.5)
-        out[ok] = q[ok].astype(np.int16)
-        return out
-
-    def _palette_styles(self) -> tuple[Style, Style, list[Style]]:
-        """Base, missing and one style per heat level; rebuilt only when the theme changes."""
-        v = palette(self.app)
-        key = (v.get("heat-low"), v.get("heat-high"), v.get("surface"), v.get("foreground"))
-        if getattr(self, "_styles_key", None) != key:
-            low, high = v.get("heat-low", "#202040"), v.get("heat-high", "#ff6000")
-            self._styles_key = key
-            self._styles = (
-                Style.parse(f"{v.get('foreground', 'white')} on {v.get('surface', 'black')}"),
-                Style.parse(f"{v.get('foreground-muted', 'grey37')} on {v.get('surface', 'black')}"),
-                [Style(bgcolor=ramp(low, high, i / (LEVELS - 1))) for i in range(LEVELS)],
-            )
-        return self._styles
-
     def render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width
-        base, missing, heat = self._palette_styles()
+        base, missing, _, heat = self._heat_styles()
         row = int(self.scroll_offset.y) + y
         if row >= len(self.names):
             return Strip.blank(width, base)

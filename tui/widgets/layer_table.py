@@ -20,6 +20,7 @@ from textual.strip import Strip
 
 from ..render import bar, fmt_cycles, fmt_ms, palette, spark, visible
 from ..state import LayerView
+from .keys import CURSOR_BINDINGS
 
 
 @dataclass(frozen=True)
@@ -53,15 +54,7 @@ class LayerTable(ScrollView, can_focus=True):
     DEFAULT_CSS = """
     LayerTable { background: $surface; overflow-x: hidden; }
     """
-    BINDINGS = [
-        Binding("up,k", "cursor(-1)", "up", show=False),
-        Binding("down,j", "cursor(1)", "down", show=False),
-        Binding("pageup", "cursor(-10)", show=False),
-        Binding("pagedown", "cursor(10)", show=False),
-        Binding("home", "cursor(-100000)", show=False),
-        Binding("end", "cursor(100000)", show=False),
-        Binding("enter", "open", "detail"),
-    ]
+    BINDINGS = [*CURSOR_BINDINGS, Binding("enter", "open", "detail")]
 
     class Selected(Message):
         """A layer was chosen (enter or double click)."""

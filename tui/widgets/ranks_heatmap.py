@@ -4,23 +4,19 @@ scale for all (``h``). Line API: only the visible rows are drawn."""
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 from rich.segment import Segment
-from rich.style import Style
 from textual.geometry import Size
-from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from ..rank_state import RankView
-from ..render import palette, ramp, visible
+from ..render import visible
+from .heat import HeatView
 
 NAME_W = 24
-LEVELS = 16
 
 
-class RankHeatmap(ScrollView):
+class RankHeatmap(HeatView):
     DEFAULT_CSS = """
     RankHeatmap { border: round $primary; border-title-color: $foreground; background: $surface; overflow-x: hidden; }
     """
@@ -51,41 +47,9 @@ class RankHeatmap(ScrollView):
         self.virtual_size = Size(self.size.width, len(self.names) + 1)
         self.refresh()
 
-    def _quantize(self, m: np.ndarray) -> np.ndarray:
-        out = np.full(m.shape, -1, dtype=np.int16)
-        ok = np.isfinite(m) & (m > 0)
-        if not ok.any():
-            return out
-        x = np.where(ok, np.log(np.where(ok, m, 1.0)), np.nan)
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            if self.per_layer:
-                lo = np.nanmin(x, axis=1, keepdims=True)
-                hi = np.nanmax(x, axis=1, keepdims=True)
-            else:
-                lo, hi = np.nanmin(x), np.nanmax(x)
-            span = np.where(hi - lo > 0, hi - lo, 1.0)
-            q = np.floor((x - lo) / span * (LEVELS - 1) + 0.5)
-        out[ok] = q[ok].astype(np.int16)
-        return out
-
-    def _styles(self) -> tuple[Style, Style, Style, list[Style]]:
-        v = palette(self.app)
-        key = (v.get("heat-low"), v.get("heat-high"), v.get("surface"), v.get("foreground"))
-        if getattr(self, "_styles_key", None) != key:
-            low, high = v.get("heat-low", "#202040"), v.get("heat-high", "#ff6000")
-            self._styles_key = key
-            self._style_cache = (
-                Style.parse(f"{v.get('foreground', 'white')} on {v.get('surface', 'black')}"),
-                Style.parse(f"{v.get('foreground-muted', 'grey37')} on {v.get('surface', 'black')}"),
-                Style.parse(f"bold {v.get('foreground', 'white')} on {v.get('panel', 'black')}"),
-                [Style(bgcolor=ramp(low, high, i / (LEVELS - 1))) for i in range(LEVELS)],
-            )
-        return self._style_cache
-
     def render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width
-        base, missing, head, heat = self._styles()
+        base, missing, head, heat = self._heat_styles()
         R = len(self.ranks)
         cell = max(1, min(8, (width - NAME_W) // max(R, 1)))
         if y == 0:

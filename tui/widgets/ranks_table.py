@@ -10,13 +10,13 @@ from __future__ import annotations
 import numpy as np
 from rich.segment import Segment
 from rich.style import Style
-from textual.binding import Binding
 from textual.geometry import Region, Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from ..rank_state import RankView
 from ..render import fmt_ms, palette, visible
+from .keys import CURSOR_BINDINGS
 
 RANK_W = 10
 TAIL_W = 10 + 9      # skew, culprit
@@ -27,14 +27,7 @@ class RankTable(ScrollView, can_focus=True):
     DEFAULT_CSS = """
     RankTable { background: $surface; overflow-x: hidden; }
     """
-    BINDINGS = [
-        Binding("up,k", "cursor(-1)", "up", show=False),
-        Binding("down,j", "cursor(1)", "down", show=False),
-        Binding("pageup", "cursor(-10)", show=False),
-        Binding("pagedown", "cursor(10)", show=False),
-        Binding("home", "cursor(-100000)", show=False),
-        Binding("end", "cursor(100000)", show=False),
-    ]
+    BINDINGS = CURSOR_BINDINGS
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
