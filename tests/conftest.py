@@ -72,10 +72,10 @@ class Block(nn.Module):
 class PlainNet(nn.Module):
     """An embedding, a list of same-typed blocks, a head: the shape every transformer has."""
 
-    def __init__(self, n_blocks: int = 3, dim: int = 8, vocab: int = 16):
+    def __init__(self, n_blocks: int = 3, dim: int = 8, vocab: int = 16, block: type[nn.Module] = Block):
         super().__init__()
         self.embed = nn.Embedding(vocab, dim)
-        self.blocks = nn.ModuleList(Block(dim) for _ in range(n_blocks))
+        self.blocks = nn.ModuleList(block(dim) for _ in range(n_blocks))
         self.head = nn.Linear(dim, vocab)
 
     def forward(self, ids):

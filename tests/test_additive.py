@@ -13,7 +13,7 @@ import time
 
 import pytest
 import torch
-from conftest import FakeClock, generate, ids
+from conftest import FakeClock, PlainNet, generate, ids
 from torch import nn
 
 from llm_moments.engine.analysis.stats import RollingStats
@@ -105,18 +105,9 @@ class TwiceBlock(nn.Module):
         return self.fc(self.slow(self.slow(x)))
 
 
-class TwiceNet(nn.Module):
+class TwiceNet(PlainNet):
     def __init__(self, n_blocks: int = 2, dim: int = 8, vocab: int = 16):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, dim)
-        self.blocks = nn.ModuleList(TwiceBlock(dim) for _ in range(n_blocks))
-        self.head = nn.Linear(dim, vocab)
-
-    def forward(self, ids):
-        x = self.embed(ids)
-        for block in self.blocks:
-            x = block(x)
-        return self.head(x)
+        super().__init__(n_blocks, dim, vocab, block=TwiceBlock)
 
 
 def monitored(model, depth, run, steps=3):

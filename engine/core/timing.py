@@ -191,13 +191,18 @@ class CudaTimer:
         factory, device = self._event_factory, self.device
         return _EventFrame(self.n_layers, lambda: factory(device))
 
-    def begin_step(self) -> None:
+    def _next_frame(self) -> Any:
+        """A frame from the pool (a new one only while the pool is empty), reset for this step."""
         try:
             frame = self._free.popleft()
         except IndexError:
             frame = self._new_frame()
         frame.reset()
         self._frame = frame
+        return frame
+
+    def begin_step(self) -> None:
+        frame = self._next_frame()
         # The model's device may not be the current one (cuda:1): record on its stream explicitly.
         self._stream = self._stream_fn(self.device)
         frame.step_start.record(self._stream)
@@ -348,13 +353,10 @@ class MultiCudaTimer:
         subs = [_EventFrame(self.n_layers, (lambda dev=dev: factory(dev))) for dev in self._torch_devices]
         return _MultiFrame(self.n_layers, subs)
 
+    _next_frame = CudaTimer._next_frame
+
     def begin_step(self) -> None:
-        try:
-            frame = self._free.popleft()
-        except IndexError:
-            frame = self._new_frame()
-        frame.reset()
-        self._frame = frame
+        frame = self._next_frame()
         streams, clock, host = self._streams, self._clock, frame.host_ns
         for k, dev in enumerate(self._torch_devices):
             stream = streams[k] = self._stream_fn(dev)
