@@ -1,18 +1,26 @@
 #!/usr/bin/env python3
-"""Cost of the live UI (issue #3), measured within one process run.
+"""Cost of the live UI (issues #3 and #11), measured within one process run.
 
-1. Frames: a synthetic source feeds steps of 300 layers as fast as a small model would (200
-   steps/s); the app (headless driver: compositor and Line API rendering run, only the terminal
-   write is skipped) draws at --refresh-hz. Reports frames/s delivered and the UI thread's CPU time
-   per frame, so the frame rate the UI could sustain is 1 / that.
+1. Frames: a synthetic source feeds steps of --layers layers (500: a 70B model at `sublayers`) as
+   fast as a small model would (200 steps/s), as JSON lines decoded on a thread of their own like
+   the live source's; the app (headless driver: compositor and Line API rendering run, only the
+   terminal write is skipped) draws on its timer (12 Hz; 30 Hz and 2 Hz beside it). Reports frames/s
+   delivered, the UI thread's CPU time per frame (so the frame rate it could sustain is 1 / that),
+   and where that time goes: state.apply, layer_view, heatmap, panels (header and step panel data),
+   rendering (the rest: widgets, layout, compositor; table_lines is the layer table's part of it).
 2. Slowdown: a real model decodes in an engine process of its own under a Monitor the whole time,
    as `moments` runs it; the UI in this process is switched on (B) and off (A) in alternating
    phases (ABAB / BABA), and the median decode step time of each phase is compared: median over
    pairs of B/A, with an A/A figure beside it.
-3. The UI process's CPU share while it shows the live session.
+3. The UI process's CPU share while it shows the live session: with the synthetic source (part 1,
+   every run: % of a core, the feed's decoding included) and with the real model (part 2).
 
-    .venv/bin/python bench/ui.py [--quick] [--json FILE]
-    .venv/bin/python bench/ui.py --ranks 8 [--seconds 4]    # the merged view: 8 ranks × 300 layers only
+    .venv/bin/python bench/ui.py [--quick] [--json FILE] [--layers 500]
+    .venv/bin/python bench/ui.py --frames-only [--runs 160x48@12,160x48@2]     # parts 1 and 3, ~1 min
+    .venv/bin/python bench/ui.py --ranks 8 [--seconds 4]    # the merged view: 8 ranks × --layers only
+    # before / after, alternating runs (ABAB) against another tree of the package:
+    mkdir -p /tmp/old/llm_moments && git archive HEAD | tar -x -C /tmp/old/llm_moments
+    .venv/bin/python bench/ui.py --baseline /tmp/old --runs 160x48@12 --rounds 4
 """
 
 from __future__ import annotations
@@ -20,163 +28,122 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
 
-import numpy as np
+from ui_sources import SyntheticRankSource, SyntheticSource
 
 from llm_moments.tui.app import MomentsApp
-from llm_moments.tui.sources import _Buffered
+from llm_moments.tui.state import ViewState
+from llm_moments.tui.widgets.heatmap import Heatmap
 from llm_moments.tui.widgets.layer_table import LayerTable
 
 
-# -- 1. frames with 300 rows -------------------------------------------------------------------------
-class SyntheticSource(_Buffered):
-    """Steps of ``n_layers`` layers at ``steps_per_s``, made on demand at each drain."""
+# -- 1. frames with many layer rows ------------------------------------------------------------------
+class CpuSplit:
+    """The UI thread's CPU time by part of a frame: thread-CPU timers around the state's per-frame
+    methods and the heatmap's levels; "rendering" is the rest (the widgets' show, Textual's layout and
+    compositor, the Line API rows). ``table_lines`` (the layer table's render_line) is part of it."""
 
-    mode, can_record, can_seek = "live", False, False
+    PARTS = {"state.apply": [(ViewState, "apply")],
+             "layer_view": [(ViewState, "layer_view")],
+             "heatmap": [(ViewState, "heatmap"), (Heatmap, "show")],
+             "panels": [(ViewState, name) for name in ("rates", "step_percentiles", "step_history",
+                                                       "step_distribution", "clock_history")],
+             "table_lines": [(LayerTable, "render_line")]}
+    OUTSIDE_RENDERING = ("state.apply", "layer_view", "heatmap", "panels")
 
-    def __init__(self, n_layers: int = 300, steps_per_s: float = 200.0):
-        super().__init__()
-        self.n_layers, self.steps_per_s = n_layers, steps_per_s
-        self.rng = np.random.default_rng(0)
-        self.base = self.rng.uniform(0.02, 2.0, n_layers)
-        self.t0 = time.perf_counter()
-        self.made = 0
-        layers = [{"name": f"model.layers.{i // 4}.part{i % 4}" if i % 4 else f"model.layers.{i // 4}",
-                   "parent": None if i % 4 == 0 else i - i % 4} for i in range(n_layers)]
-        self._put({"type": "header", "schema": "moments/1", "model": {"name": "synthetic-300", "dtype": "bf16"},
-                   "device": {"kind": "cuda", "name": "synthetic"}, "clock": {"source": "nvml",
-                   "sm_clock_max_mhz": 1980}, "depth": "sublayers", "layers": layers})
+    def __init__(self) -> None:
+        self.ns = dict.fromkeys(self.PARTS, 0)
+        self.calls = dict.fromkeys(self.PARTS, 0)
+        self._depth = 0
+        self._saved: list[tuple[type, str, object]] = []
 
-    def start(self) -> None:
-        self.t0 = time.perf_counter()
+    def __enter__(self) -> CpuSplit:
+        for part, targets in self.PARTS.items():
+            for cls, name in targets:
+                original = getattr(cls, name, None)
+                if original is None:   # another version of the UI, without it: counted in rendering
+                    continue
+                self._saved.append((cls, name, cls.__dict__.get(name)))
+                setattr(cls, name, self._timed(part, original))
+        return self
 
-    def drain(self):
-        due = int((time.perf_counter() - self.t0) * self.steps_per_s)
-        for i in range(self.made, due):
-            ms = self.base * self.rng.uniform(0.9, 1.1, self.n_layers)
-            t_ns = int(i / self.steps_per_s * 1e9)
-            self._put({"type": "step", "index": i, "kind": "decode", "t_ns": t_ns,
-                       "wall_ms": float(ms[::4].sum()) * 1.02, "tokens": 1, "layer_ms": ms.tolist(),
-                       "layer_cycles": (ms * 1.98e6).tolist(), "clock_mhz": 1980.0, "hooks_fired": True,
-                       "throttle_reasons": []})
-            if i % 10 == 0:
-                self._put({"type": "sample", "t_ns": t_ns, "sm_clock_mhz": 1980, "mem_clock_mhz": 3201,
-                           "gpu_util_pct": 97, "mem_util_pct": 40, "power_w": 430.0, "temp_c": 55,
-                           "throttle_reasons": [], "clock_mhz": 1980})
-        self.made = max(self.made, due)
-        return super().drain()
+    def __exit__(self, *exc) -> None:
+        for cls, name, own in self._saved:
+            if own is None:
+                delattr(cls, name)   # it was inherited: inherit it again
+            else:
+                setattr(cls, name, own)
 
-    def stop(self) -> None:
-        pass
+    def _timed(self, part: str, fn):
+        def timed(*args, **kwargs):
+            if self._depth:   # inside another timed part: counted there
+                return fn(*args, **kwargs)
+            self._depth += 1
+            self.calls[part] += 1
+            t0 = time.thread_time_ns()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.ns[part] += time.thread_time_ns() - t0
+                self._depth -= 1
+        return timed
 
-    def note(self):
-        return None
+    def snapshot(self) -> tuple[dict[str, int], dict[str, int]]:
+        return dict(self.ns), dict(self.calls)
+
+    def per_frame(self, since: tuple[dict[str, int], dict[str, int]], cpu_s: float,
+                  frames: int) -> tuple[dict[str, float], dict[str, float]]:
+        """(ms per frame by part, calls per frame by part)."""
+        ns0, calls0 = since
+        frames = max(frames, 1)
+        ms = {part: (self.ns[part] - ns0[part]) / 1e6 / frames for part in self.PARTS}
+        ms["rendering"] = cpu_s * 1e3 / frames - sum(ms[p] for p in self.OUTSIDE_RENDERING)
+        return ms, {part: (self.calls[part] - calls0[part]) / frames for part in self.PARTS}
 
 
-async def measure_frames(seconds: float, refresh_hz: float, size: tuple[int, int]) -> dict:
-    source = SyntheticSource()
+async def measure_frames(seconds: float, refresh_hz: float, size: tuple[int, int], n_layers: int) -> dict:
+    """Frames drawn while ``n_layers`` rows stream at 200 steps/s: frames/s, the UI thread's CPU per
+    frame and its split, and the whole process's CPU share (the feed's JSON decode included)."""
+    source = SyntheticSource(n_layers)
     app = MomentsApp(source, refresh_hz=refresh_hz)
-    lines = {"n": 0}
-    original = LayerTable.render_line
-
-    def counting(self, y):
-        lines["n"] += 1
-        return original(self, y)
-
-    LayerTable.render_line = counting
     try:
-        async with app.run_test(size=size) as pilot:
-            await pilot.pause(1.0)  # mount, first frames
-            f0, c0, t0, l0 = app.frames, time.thread_time(), time.perf_counter(), lines["n"]
-            await asyncio.sleep(seconds)
-            frames, cpu, wall = app.frames - f0, time.thread_time() - c0, time.perf_counter() - t0
-            rendered = lines["n"] - l0
+        with CpuSplit() as split:
+            async with app.run_test(size=size) as pilot:
+                await pilot.pause(2.0)  # mount, the prefill steps, first frames
+                f0, c0, p0, s0 = app.frames, time.thread_time(), time.process_time(), split.snapshot()
+                t0 = time.perf_counter()
+                await asyncio.sleep(seconds)
+                frames, cpu, wall = app.frames - f0, time.thread_time() - c0, time.perf_counter() - t0
+                process_cpu = time.process_time() - p0
+                parts, calls = split.per_frame(s0, cpu, frames)
+                steps = app.state.steps_total
     finally:
-        LayerTable.render_line = original
+        source.stop()
     return {"size": f"{size[0]}x{size[1]}", "refresh_hz": refresh_hz, "rows": source.n_layers,
-            "steps_per_s": source.steps_per_s, "frames_per_s": frames / wall,
+            "steps_per_s": source.steps_per_s, "steps_folded": steps, "frames_per_s": frames / wall,
             "ui_cpu_ms_per_frame": cpu / max(frames, 1) * 1e3, "sustainable_fps": frames / cpu if cpu else float("inf"),
-            "table_lines_rendered_per_frame": rendered / max(frames, 1)}
+            "process_cpu_share": process_cpu / wall, "split_ms_per_frame": parts,
+            "table_lines_rendered_per_frame": calls["table_lines"]}
+
+
+def print_frames(r: dict) -> None:
+    split = "  ".join(f"{k} {v:.1f}" for k, v in r["split_ms_per_frame"].items())
+    print(f"frames {r['rows']} rows {r['size']:>7} @ {r['refresh_hz']:>4.0f} Hz: {r['frames_per_s']:5.1f} frames/s, "
+          f"{r['ui_cpu_ms_per_frame']:5.1f} ms UI CPU/frame (sustainable {r['sustainable_fps']:.0f}/s), process "
+          f"{r['process_cpu_share'] * 100:.0f} % of a core; ms/frame: {split} "
+          f"({r['table_lines_rendered_per_frame']:.0f} table lines/frame)", file=sys.stderr)
 
 
 # -- 1b. the merged view of several ranks --------------------------------------------------------------
-class SyntheticRankSource(_Buffered):
-    """``ranks`` ranks of ``n_layers`` layers, each at ``steps_per_s``, tagged with ``rank`` as the
-    launcher tags them; rank 3 computes some layers 30 % slower, the others wait for it (comm_ms)."""
-
-    mode, can_record, can_seek = "live", False, False
-    primary_rank = 0
-
-    def __init__(self, ranks: int = 8, n_layers: int = 300, steps_per_s: float = 100.0):
-        super().__init__()
-        self.ranks, self.n_layers, self.steps_per_s = ranks, n_layers, steps_per_s
-        self.rng = np.random.default_rng(0)
-        self.base = self.rng.uniform(0.02, 2.0, n_layers)
-        self.slow = self.rng.random(n_layers) < 0.1
-        self.t0 = time.perf_counter()
-        self.made = 0
-        layers = [{"name": f"model.layers.{i // 4}.part{i % 4}" if i % 4 else f"model.layers.{i // 4}",
-                   "parent": None if i % 4 == 0 else i - i % 4} for i in range(n_layers)]
-        for r in range(ranks):
-            self._put({"type": "header", "schema": "moments/1", "rank": r,
-                       "model": {"name": "synthetic-300", "dtype": "bf16"},
-                       "device": {"kind": "cuda", "name": f"synthetic GPU {r}"},
-                       "clock": {"source": "nvml", "sm_clock_max_mhz": 1980}, "depth": "sublayers",
-                       "dist": {"rank": r, "world_size": ranks, "host": f"node-{r // 4}", "backend": "nccl",
-                                "session": "bench"}, "layers": layers})
-
-    def start(self) -> None:
-        self.t0 = time.perf_counter()
-
-    VARIANTS = 16   # distinct steps per rank, made once: the feed itself must not eat the UI's CPU
-
-    def _variants(self) -> list[list[dict]]:
-        out = []
-        for _ in range(self.VARIANTS):
-            compute = self.base * self.rng.uniform(0.9, 1.1, (self.ranks, self.n_layers))
-            if self.ranks > 3:
-                compute[3, self.slow] *= 1.3
-            done = compute.max(axis=0) + 0.01               # a collective ends when the slowest arrives
-            row = []
-            for r in range(self.ranks):
-                wait = np.where(self.slow, done - compute[r], 0.0)
-                row.append({"type": "step", "rank": r, "kind": "decode", "wall_ms": float(done[::4].sum()) * 1.02,
-                            "tokens": 1, "layer_ms": done.tolist(), "layer_cycles": (done * 1.98e6).tolist(),
-                            "comm_ms": wait.tolist(), "clock_mhz": 1980.0, "hooks_fired": True,
-                            "throttle_reasons": []})
-            out.append(row)
-        return out
-
-    def drain(self):
-        if not hasattr(self, "_made_variants"):
-            self._made_variants = self._variants()
-        due = int((time.perf_counter() - self.t0) * self.steps_per_s)
-        for i in range(self.made, due):
-            t_ns = int(i / self.steps_per_s * 1e9)
-            row = self._made_variants[i % self.VARIANTS]
-            for r in range(self.ranks):
-                self._put({**row[r], "index": i, "t_ns": t_ns})
-                if i % 10 == 0:
-                    self._put({"type": "sample", "rank": r, "t_ns": t_ns, "sm_clock_mhz": 1980 - r, "gpu_util_pct": 97,
-                               "power_w": 430.0, "throttle_reasons": [], "clock_mhz": 1980 - r})
-        self.made = max(self.made, due)
-        return super().drain()
-
-    def stop(self) -> None:
-        pass
-
-    def note(self):
-        return None
-
-
 async def measure_rank_frames(seconds: float, refresh_hz: float, size: tuple[int, int], ranks: int,
-                              screen: str = "ranks") -> dict:
+                              screen: str = "ranks", n_layers: int = 300) -> dict:
     """Frames of the merged view (``w``; ``screen="heatmap"``: its layers × ranks heatmap) or of the
     main screen (the primary rank) while ``ranks`` ranks stream."""
-    source = SyntheticRankSource(ranks)
+    source = SyntheticRankSource(ranks, n_layers)
     app = MomentsApp(source, refresh_hz=refresh_hz)
     async with app.run_test(size=size) as pilot:
         await pilot.pause(1.0)
@@ -201,7 +168,7 @@ async def rank_frames(args) -> list[dict]:
     out = []
     for screen in ("ranks", "heatmap", "main"):
         for hz in (12.0, 30.0):
-            r = await measure_rank_frames(args.seconds, hz, (160, 48), args.ranks, screen)
+            r = await measure_rank_frames(args.seconds, hz, (160, 48), args.ranks, screen, args.layers)
             out.append(r)
             print(f"{args.ranks} ranks × {r['rows']} layers, {screen:>7} {r['size']} @ {hz:>4.0f} Hz: "
                   f"{r['frames_per_s']:5.1f} frames/s, {r['ui_cpu_ms_per_frame']:5.1f} ms UI CPU/frame "
@@ -298,16 +265,59 @@ async def slowdown(model_name: str, pairs: int, phase_s: float, threads: int) ->
             "aa_median": statistics.median(aa), "ui_process_cpu_share": statistics.median(ui_share)}
 
 
+FRAME_RUNS = "80x24@12,160x48@12,160x48@30,160x48@2"
+
+
+def frame_runs(spec: str) -> list[tuple[tuple[int, int], float]]:
+    """"160x48@12,80x24@2" → [((160, 48), 12.0), ((80, 24), 2.0)]; ValueError on anything else."""
+    out = []
+    for item in spec.split(","):
+        size, hz = item.strip().split("@")
+        w, h = (int(v) for v in size.split("x"))
+        if w < 40 or h < 12 or not 0 < float(hz) <= 120:
+            raise ValueError(item)
+        out.append(((w, h), float(hz)))
+    return out
+
+
+def baseline(args) -> dict:
+    """The frames runs alternately with the package from ``args.baseline`` (A) and this tree (B), each
+    in a process of its own (A B B A, B A A B ...): per-frame UI CPU of each, and B / A per run."""
+    import subprocess
+    import tempfile
+
+    rows: dict[str, dict[str, list]] = {}
+    for k in range(args.rounds):
+        for which in (("A", "B") if k % 2 == 0 else ("B", "A")):
+            env = dict(os.environ)
+            if which == "A":
+                env["PYTHONPATH"] = os.pathsep.join(p for p in (args.baseline, env.get("PYTHONPATH")) if p)
+            with tempfile.NamedTemporaryFile(suffix=".json") as fh:
+                subprocess.run([sys.executable, __file__, "--frames-only", "--runs", args.runs, "--layers",
+                                str(args.layers), "--seconds", str(args.seconds), "--json", fh.name],
+                               env=env, check=True, stdout=subprocess.DEVNULL)
+                for r in json.load(fh)["frames"]:
+                    key = f"{r['size']}@{r['refresh_hz']:g}"
+                    rows.setdefault(key, {"A": [], "B": []})[which].append(r)
+    out = {}
+    for key, got in rows.items():
+        cpu = {w: [r["ui_cpu_ms_per_frame"] for r in got[w]] for w in "AB"}
+        ratio = statistics.median(b / a for a, b in zip(cpu["A"], cpu["B"]))
+        out[key] = {"A_ms": cpu["A"], "B_ms": cpu["B"], "B_over_A": ratio,
+                    "A_split": got["A"][-1]["split_ms_per_frame"], "B_split": got["B"][-1]["split_ms_per_frame"]}
+        print(f"{args.layers} rows {key}: UI CPU/frame baseline {statistics.median(cpu['A']):.1f} ms, this tree "
+              f"{statistics.median(cpu['B']):.1f} ms: ×{ratio:.2f} (median of {len(cpu['A'])} pairs)")
+    return out
+
+
 async def main_async(args) -> dict:
     out = {"frames": []}
-    for size in ((80, 24), (160, 48)):
-        for hz in (12.0, 30.0):
-            r = await measure_frames(args.seconds, hz, size)
-            out["frames"].append(r)
-            print(f"frames {r['size']:>7} @ {hz:>4.0f} Hz: {r['frames_per_s']:5.1f} frames/s, "
-                  f"{r['ui_cpu_ms_per_frame']:5.1f} ms UI CPU/frame (sustainable {r['sustainable_fps']:.0f}/s), "
-                  f"{r['table_lines_rendered_per_frame']:.0f} table lines drawn/frame", file=sys.stderr)
-    out["slowdown"] = await slowdown(args.model, args.pairs, args.phase_s, args.threads)
+    for size, hz in frame_runs(args.runs):
+        r = await measure_frames(args.seconds, hz, size, args.layers)
+        out["frames"].append(r)
+        print_frames(r)
+    if not args.frames_only:
+        out["slowdown"] = await slowdown(args.model, args.pairs, args.phase_s, args.threads)
     return out
 
 
@@ -320,9 +330,24 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=4.0, help="length of each frame measurement")
     p.add_argument("--threads", type=int, default=1, help="torch threads for the model (the UI gets the other core)")
     p.add_argument("--json", default=None, metavar="FILE")
+    p.add_argument("--layers", type=int, default=500, metavar="N", help="layer rows of the synthetic sources")
+    p.add_argument("--frames-only", action="store_true", help="parts 1 and 3 only (no model, no slowdown pairs)")
+    p.add_argument("--runs", default=FRAME_RUNS, metavar="WxH@HZ,...", help="frame runs: size and timer rate")
+    p.add_argument("--baseline", default=None, metavar="DIR",
+                   help="before / after: a folder holding another llm_moments package, run alternately with this one")
+    p.add_argument("--rounds", type=int, default=4, help="--baseline: pairs of runs")
     p.add_argument("--ranks", type=int, default=0, metavar="N",
-                   help="measure only the merged view of N synthetic ranks × 300 layers (frames/s at 160x48)")
+                   help="measure only the merged view of N synthetic ranks × --layers layers (frames/s at 160x48)")
     args = p.parse_args()
+    try:
+        frame_runs(args.runs)
+    except ValueError:
+        print(f"bench/ui.py: --runs takes WxH@HZ items separated by commas, e.g. 160x48@12; not {args.runs!r}",
+              file=sys.stderr)
+        return 2
+    if args.layers < 8:
+        print("bench/ui.py: --layers must be at least 8", file=sys.stderr)
+        return 2
     if args.ranks:
         rows = asyncio.run(rank_frames(args))
         print("\n| measurement | value | target |\n|---|---|---|")
@@ -336,17 +361,33 @@ def main() -> int:
         return 0
     if args.quick:
         args.pairs, args.phase_s, args.seconds = 2, 1.5, 1.5
+    if args.baseline:
+        if not os.path.isdir(os.path.join(args.baseline, "llm_moments")):
+            print(f"bench/ui.py: --baseline {args.baseline!r} holds no llm_moments package", file=sys.stderr)
+            return 2
+        return _dump(args, {"baseline": baseline(args)})
     out = asyncio.run(main_async(args))
-    s = out["slowdown"]
     print("\n| measurement | value | target |\n|---|---|---|")
     for r in out["frames"]:
+        split = ", ".join(f"{k} {v:.1f}" for k, v in r["split_ms_per_frame"].items() if k != "table_lines")
         print(f"| frames/s, {r['rows']} rows, {r['size']}, timer {r['refresh_hz']:.0f} Hz | {r['frames_per_s']:.1f} "
-              f"(UI CPU {r['ui_cpu_ms_per_frame']:.1f} ms/frame → sustainable {r['sustainable_fps']:.0f}/s) | ≥ 10 |")
+              f"(UI CPU {r['ui_cpu_ms_per_frame']:.1f} ms/frame → sustainable {r['sustainable_fps']:.0f}/s; {split}) | "
+              f"≥ 15 sustainable: {'pass' if r['sustainable_fps'] >= 15 else 'FAIL'} |")
+        share = r["process_cpu_share"]
+        print(f"| UI process CPU, {r['rows']} rows live at {r['refresh_hz']:.0f} Hz, {r['size']} | "
+              f"{share * 100:.0f} % of a core | < 50 %: {'pass' if share < 0.5 else 'FAIL'} |")
+    if "slowdown" not in out:
+        return _dump(args, out)
+    s = out["slowdown"]
     verdict = "PASS" if s["median_ratio"] <= 1.05 else "FAIL"
     print(f"| decode step time with UI / without ({s['model']}, {s['threads']} thread, {s['pairs']} pairs) | "
           f"{s['median_ratio']:.3f} (A/A {s['aa_median']:.3f}) | ≤ 1.05 {verdict} |")
     print(f"| UI process CPU while live (engine in its own process) | "
           f"{s['ui_process_cpu_share'] * 100:.1f} % of a core | report |")
+    return _dump(args, out)
+
+
+def _dump(args, out: dict) -> int:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=2)

@@ -15,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from llm_moments.engine.analysis.stats import KINDS, RollingStats, layer_arrays
+from llm_moments.engine.analysis.stats import KINDS, RollingStats
 from llm_moments.engine.analysis.steptable import StepTable
 from llm_moments.engine.core.work import header_coeffs
 
-from .analysis import LiveWork, OutlierLog
+from .analysis import LiveGaps, LiveWork, OutlierLog
 
 SORT_KEYS = ("order", "last", "mean", "p50", "p99", "cycles", "share", "flops", "roof")
 STATS_WINDOW_STEPS = 256      # percentiles in the live table: recent behaviour, cheap to compute
@@ -66,6 +66,7 @@ class ViewState:
     footer: dict[str, Any] | None = None
     work: LiveWork | None = None
     outlier_log: OutlierLog | None = None
+    live_gaps: LiveGaps | None = None      # the gap before each top-level layer, per step as steps arrive
     paused: bool = False
     recording_path: str | None = None
     sort_key: str = "order"
@@ -90,6 +91,7 @@ class ViewState:
     primary_rank: int | None = None
     _pending: list = field(default_factory=list)   # steps of this batch, converted together
     ops: dict = field(default_factory=dict)        # layer index → its newest ``ops`` record (ops mode)
+    _view_cache: tuple | None = field(default=None, repr=False, compare=False)   # layer_view: (stats, key, view)
 
     # -- reducer ----------------------------------------------------------------------------------
     def reset(self) -> None:
@@ -186,17 +188,23 @@ class ViewState:
         if not self._pending or self.stats is None:
             self._pending.clear()
             return
-        chunk = StepTable(self.stats.layer_names, self.stats.parents, self.stats.window.coeffs)
+        chunk = StepTable(self.stats.layer_names, self.stats.parents, self.stats.window.coeffs,
+                          capacity=len(self._pending))
         chunk.extend(self._pending)
         self._pending.clear()
         self.stats.window.extend_table(chunk)
         self.outlier_log.push(chunk)
+        # the per-step parts of the live table (work, gaps) once per step, here, not every frame
+        for keeper in (self.work, self.live_gaps):
+            if keeper is not None:
+                keeper.push(chunk)
 
     def _new_stats(self, header: dict[str, Any]) -> None:
         layers = header["layers"]
         self.stats = RollingStats([l["name"] for l in layers], [l.get("parent") for l in layers], HISTORY_STEPS,
                                   coeffs=header_coeffs(header))
         self.work = LiveWork(header, self.stats, STATS_WINDOW_STEPS)
+        self.live_gaps = LiveGaps(self.stats, STATS_WINDOW_STEPS)
         self.outlier_log = OutlierLog(self.stats.layer_names)
         n = len(layers)
         self.nested_calls, self.nested_steps, self.nested_last = np.zeros(n), np.zeros(n, np.int64), np.zeros(n)
@@ -268,10 +276,22 @@ class ViewState:
         return float(p50), float(p99)
 
     def layer_view(self, spark_steps: int = 16) -> LayerView | None:
+        """The table's arrays, worked out once per new step (or sort): until then every call gets the
+        same view, shared, so nobody writes into it (the statistics' arrays are read only)."""
         if not self.stats or not self.stats.n_steps:
             return None
-        a = self.stats.arrays(last=STATS_WINDOW_STEPS, fields=("layer_ms", "layer_cycles", "wall_ms"))
-        la = layer_arrays(a["layer_ms"], a["layer_cycles"], a["wall_ms"])
+        key = (self.stats.steps_seen, self.sort_key, self.sort_reverse, spark_steps)
+        cached = self._view_cache
+        if cached is not None and cached[0] is self.stats and cached[1] == key:
+            return cached[2]
+        view = self._layer_view(spark_steps)
+        self._view_cache = (self.stats, key, view)
+        return view
+
+    def _layer_view(self, spark_steps: int) -> LayerView:
+        assert self.stats is not None
+        la = self.stats.layer_arrays(STATS_WINDOW_STEPS)
+        spark = spark_steps if 0 < spark_steps < STATS_WINDOW_STEPS else STATS_WINDOW_STEPS
         mean = la["mean_ms"]
         top = self.stats.top_level
         slowest = np.zeros(len(mean), dtype=bool)
@@ -282,8 +302,8 @@ class ViewState:
         view = LayerView(
             names=self.stats.layer_names, parents=self.stats.parents, last_ms=la["last_ms"], mean_ms=mean,
             p50_ms=la["p50_ms"], p99_ms=la["p99_ms"], cycles=la["mean_cycles"], share=la["share"],
-            recent_ms=a["layer_ms"][-spark_steps:].T, outlier=np.zeros(len(mean), dtype=bool),
-            slowest=slowest, order=np.arange(len(mean)))
+            recent_ms=self.stats.arrays(last=spark, fields=("layer_ms",))["layer_ms"].T,
+            outlier=np.zeros(len(mean), dtype=bool), slowest=slowest, order=np.arange(len(mean)))
         placed = self.work.per_layer() if self.work is not None else None
         if placed is not None:
             view.flops_per_s, view.roof_pct = placed["flops_per_s"], placed["roof_pct"]
@@ -299,6 +319,9 @@ class ViewState:
         """[steps, layers] gap before each top-level layer in the newest ``last`` steps (NaN: none)."""
         from llm_moments.engine.analysis.steptable import layer_gaps
 
+        held = self.live_gaps.newest(last) if self.live_gaps is not None else None
+        if held is not None:   # worked out as the steps arrived
+            return held
         a = self.stats.arrays(last=last, fields=("start_ms", "layer_ms"))
         return layer_gaps(a["start_ms"], a["layer_ms"], self.stats.parents)
 

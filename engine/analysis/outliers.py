@@ -33,17 +33,14 @@ MAD_SIGMA = 1.4826
 
 
 def column_median(x: np.ndarray) -> np.ndarray:
-    """Median of each column ignoring NaN; nanmedian (~30× slower) only for columns that need it."""
-    holes = np.isnan(x).any(axis=0)
-    out = np.empty(x.shape[1])
-    if (~holes).any():
-        out[~holes] = np.median(x[:, ~holes], axis=0)
-    if holes.any():
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            out[holes] = np.nanmedian(x[:, holes], axis=0)
+    """Median of each column ignoring NaN (np.nanmedian's numbers) from one sort: numpy's sort is
+    vectorized, while nanmedian goes through the columns with holes one by one (~6× slower at 64×500)."""
+    s = np.sort(x, axis=0)                          # NaN sorts last
+    k = len(s) - np.isnan(s).sum(axis=0)            # finite values per column
+    out = np.full(x.shape[1], np.nan)
+    cols = np.flatnonzero(k)
+    lo, hi = (k[cols] - 1) // 2, k[cols] // 2
+    out[cols] = (s[lo, cols] + s[hi, cols]) / 2     # np.median: the mean of the middle one or two
     return out
 
 

@@ -2,7 +2,8 @@
 
 The window is allocated once (steps × layers float64), so memory stays flat however long a session
 runs; adding a step is one row copy. Percentiles are computed only when someone asks (the UI at its
-own frame rate, the CLI at the end), never per step.
+own frame rate, the CLI at the end), never per step, and from the newest rows of the ring alone; the
+live table's (``RollingStats.layer_arrays``) are held until a new step arrives.
 """
 
 from __future__ import annotations
@@ -18,6 +19,55 @@ from llm_moments.engine.analysis.steptable import StepTable
 KINDS = ("prefill", "decode", "encode")
 
 
+def _newest(ring: np.ndarray, seen: int, n: int) -> np.ndarray:
+    """The newest ``n`` of the ``seen`` rows written to ``ring`` (row ``i`` of the session at
+    ``i % len(ring)``), oldest first: a view when they lie in one piece of the ring, else a copy."""
+    cap = len(ring)
+    n = max(0, min(int(n), seen, cap))
+    start = (seen - n) % cap
+    if start + n <= cap:
+        return ring[start:start + n]
+    return np.concatenate((ring[start:], ring[:start + n - cap]))
+
+
+class _WindowTable(StepTable):
+    """The rolling window's ring table, read from its newest rows only: ``column()`` first puts the
+    whole ring in step order (2048 rows copied to read the 256 the live table shows)."""
+
+    def newest(self, name: str, n: int) -> np.ndarray:
+        """The newest ``n`` rows of a column, oldest first (a view where the ring allows: read only)."""
+        return _newest(self._cols[name], self.steps_seen, n)
+
+    def newest_table(self, n: int) -> StepTable:
+        """The newest ``n`` steps as a step table of their own (what ``take`` of them gives)."""
+        out = StepTable(self.names, self.parents, self.coeffs, capacity=max(n, 1))
+        out._write({name: self.newest(name, n) for name in self._cols})
+        return out
+
+
+class RowRing:
+    """The newest ``capacity`` rows of a per-step quantity [steps, width], pushed a batch at a time and
+    read back oldest first: what a live view works out once per step as the steps arrive, instead of
+    for its whole window again every frame."""
+
+    def __init__(self, capacity: int, width: int):
+        self.rows = np.full((max(int(capacity), 1), width), np.nan)
+        self.seen = 0     # rows pushed over the ring's life
+
+    def push(self, rows: np.ndarray) -> None:
+        m = len(rows)
+        if not m:
+            return
+        cap = len(self.rows)
+        keep = rows[-cap:]   # more than the ring holds: the newest
+        self.rows[(self.seen + m - len(keep) + np.arange(len(keep))) % cap] = keep
+        self.seen += m
+
+    def newest(self, n: int) -> np.ndarray:
+        """The newest ``n`` rows, oldest first (a view where the ring allows: read only)."""
+        return _newest(self.rows, self.seen, n)
+
+
 class RollingStats:
     """The last ``window_steps`` steps of one session: a ring step table, summarized on demand."""
 
@@ -26,12 +76,13 @@ class RollingStats:
 
     def __init__(self, layer_names: Sequence[str], parents: Sequence[int | None], window_steps: int = 8192,
                  coeffs: np.ndarray | None = None):
-        self.window = StepTable(layer_names, parents, coeffs, capacity=int(window_steps), ring=True)
+        self.window = _WindowTable(layer_names, parents, coeffs, capacity=int(window_steps), ring=True)
         self.layer_names = self.window.names
         self.parents = self.window.parents
         self.n_layers = self.window.n_layers
         self.window_steps = int(window_steps)
         self.top_level = self.window.top_level
+        self._layer_cache: tuple[tuple[int, int], dict[str, np.ndarray]] | None = None
 
     @property
     def steps_seen(self) -> int:
@@ -49,17 +100,40 @@ class RollingStats:
         """Steps held in the window."""
         return len(self.window)
 
+    def _count(self, last: int | None) -> int:
+        return self.n_steps if last is None else max(0, min(int(last), self.n_steps))
+
     def table(self, last: int | None = None) -> StepTable:
         """The window (or its ``last`` newest steps) as a step table of its own, oldest first."""
-        return self.window.take(slice(0, None) if last is None else slice(max(self.n_steps - last, 0), None))
+        return self.window.newest_table(self._count(last))
+
+    def newest(self, field: str, last: int | None = None) -> np.ndarray:
+        """One field of the newest ``last`` steps, oldest first, without a copy where the ring allows:
+        read only (``arrays`` gives copies)."""
+        return self.window.newest(self._COLUMN.get(field, field), self._count(last))
 
     def arrays(self, last: int | None = None, fields: Sequence[str] = FIELDS) -> dict[str, np.ndarray]:
         """Copies of the window in step order: layer_ms [S, L], layer_cycles, wall_ms, kind, tokens...
 
         Ask only for the ``fields`` you need: the per-layer ones are the big copies.
         """
-        rows = slice(0, None) if last is None else slice(max(self.n_steps - last, 0), None)
-        return {f: np.array(self.window.column(self._COLUMN.get(f, f))[rows]) for f in fields}
+        out = {}
+        for f in fields:
+            rows = self.newest(f, last)
+            out[f] = rows.copy() if rows.base is not None else rows   # a view of the ring, or already a copy
+        return out
+
+    def layer_arrays(self, last: int) -> dict[str, np.ndarray]:
+        """``layer_arrays`` of the newest ``last`` steps, worked out once per new step and then held (the
+        live table asks every frame): the same arrays, read only."""
+        key = (self.steps_seen, int(last))
+        if self._layer_cache is None or self._layer_cache[0] != key:
+            out = layer_arrays(self.newest("layer_ms", last), self.newest("layer_cycles", last),
+                               self.newest("wall_ms", last))
+            for arr in out.values():
+                arr.flags.writeable = False
+            self._layer_cache = (key, out)
+        return self._layer_cache[1]
 
     def summary(self) -> Summary:
         return summarize_table(self.window, steps_total=self.steps_seen)
@@ -118,6 +192,35 @@ def _quiet_nan(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
+def column_percentiles(x: np.ndarray, qs: Sequence[float]) -> np.ndarray:
+    """[len(qs), columns]: each column's percentiles ignoring NaN, exactly np.nanpercentile's numbers
+    (np.percentile's for a column without NaN; an all-NaN column gives NaN), from one sort of the
+    columns. numpy's sort is vectorized and several times faster than the partition np.percentile
+    makes, and nanpercentile goes column by column in Python: a window of hundreds of layers, some of
+    which ran in some steps only (experts), costs one sort and a few array operations."""
+    s = np.sort(x, axis=0)                  # NaN sorts last: a column's k values are its first k rows
+    valid = len(s) - np.isnan(s).sum(axis=0)
+    out = np.full((len(qs), s.shape[1]), np.nan)
+    cols = np.flatnonzero(valid)
+    last = valid[cols] - 1
+    for row, q in zip(out, np.true_divide(qs, 100)):
+        # numpy's "linear" method (Hyndman & Fan's 7th) as numpy computes it, step by step, so the
+        # numbers are its own to the bit: the virtual index, its two neighbours (the last value from
+        # the end of the column on), the interpolation from the nearer side
+        virtual = last * q
+        below = np.floor(virtual)
+        beyond = virtual >= last
+        lo = s[np.where(beyond, last, below).astype(np.intp), cols]
+        hi = s[np.where(beyond, last, below + 1).astype(np.intp), cols]
+        gamma = virtual - np.where(beyond, -1.0, below)
+        diff = hi - lo
+        value = lo + diff * gamma
+        near_hi = gamma >= 0.5
+        value[near_hi] = (hi - diff * (1 - gamma))[near_hi]
+        row[cols] = value
+    return out
+
+
 def layer_arrays(layer_ms: np.ndarray, layer_cycles: np.ndarray, wall_ms: np.ndarray) -> dict[str, np.ndarray]:
     """Per-layer statistics of S steps × L layers as arrays (NaN: the layer did not fire).
 
@@ -131,19 +234,13 @@ def layer_arrays(layer_ms: np.ndarray, layer_cycles: np.ndarray, wall_ms: np.nda
     wall_total = float(np.nansum(wall_ms))
     missing = np.isnan(layer_ms)
     counts = n_steps - missing.sum(axis=0)
+    p50, p99 = column_percentiles(layer_ms, (50, 99))
     if missing.any():
         mean = _quiet_nan(np.nanmean, layer_ms, axis=0)
-        # nanpercentile is an order of magnitude slower: only for the columns that need it
-        holes = missing.any(axis=0)
-        p50, p99 = np.empty(n_layers), np.empty(n_layers)
-        if (~holes).any():
-            p50[~holes], p99[~holes] = np.percentile(layer_ms[:, ~holes], [50, 99], axis=0)
-        p50[holes], p99[holes] = _quiet_nan(np.nanpercentile, layer_ms[:, holes], [50, 99], axis=0)
         newest = n_steps - 1 - np.argmax(~missing[::-1], axis=0)  # newest step each layer fired in
         last = np.where(counts > 0, layer_ms[newest, np.arange(n_layers)], np.nan)
     else:  # the common case
         mean = layer_ms.mean(axis=0)
-        p50, p99 = np.percentile(layer_ms, [50, 99], axis=0)
         last = layer_ms[-1].copy()
     cycles_missing = np.isnan(layer_cycles)
     cyc = _quiet_nan(np.nanmean, layer_cycles, axis=0) if cycles_missing.any() else layer_cycles.mean(axis=0)
