@@ -58,7 +58,7 @@ def test_aa_compare_flags_at_most_one_layer_in_twenty(capsys, tmp_path):
     assert doc["variant_info"]["B"]["own_param_bytes"] == 0
 
 
-def _run(args: list[str], path=None) -> dict:
+def _run(args: list[str], path=None, stderr: list | None = None) -> dict:
     import contextlib
     import io
 
@@ -67,6 +67,8 @@ def _run(args: list[str], path=None) -> dict:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = cli.main([*COMMON, "--format", "json", *record, *args])
     assert code == 0, err.getvalue()
+    if stderr is not None:
+        stderr.append(err.getvalue())
     return json.loads(out.getvalue())
 
 
@@ -75,8 +77,11 @@ def drop_run(tmp_path_factory):
     """base / drop (blocks 2-5 dropped) / t1 (threads: the same model object), recorded; 12 rounds:
     enough for an interval on every row (min_rounds 10 for t1's 22 rows), not for the known effect."""
     path = tmp_path_factory.mktemp("compare") / "run.jsonl"
+    err: list[str] = []
     doc = _run(["--rounds", "12", "--variant", "base:", "--variant", "drop: --drop-layers 2-5",
-                "--variant", "t1: --threads 1 --attn eager"], path)
+                "--variant", "t1: --threads 1 --attn eager"], path, stderr=err)
+    steps = sum(1 for line in path.read_text().splitlines() if '"type":"step"' in line.replace(" ", ""))
+    assert f"recorded {steps} steps to {path}" in err[0], err[0]   # the user is told where it went
     return path, doc
 
 
@@ -374,3 +379,125 @@ def test_margin_and_too_few_rounds():
     e = res.kinds["decode"]["layers"][3]["variants"]["B"]
     assert e["verdict"] == TOO_FEW and e["ci_low"] is None and e["ratio"] > 1.5
     assert res.rule["min_rounds"]["B"] == 10
+
+
+# -- --compile: a real torch.compile (inductor) variant ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def inductor():
+    """Skips the test when torch.compile (inductor) cannot compile and run a tiny function here."""
+    import torch
+
+    try:
+        x = torch.randn(8)
+        ok = bool(torch.allclose(torch.compile(lambda x: torch.sin(x) * 2 + 1, dynamic=True)(x), torch.sin(x) * 2 + 1))
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        pytest.skip(f"torch.compile (inductor) cannot compile here: {type(exc).__name__}: {first}")
+    if not ok:
+        pytest.skip("torch.compile (inductor) gives a wrong result here")
+
+
+def _said_in_warm_up(monkeypatch) -> list[str]:
+    """What warm_up tells its on_status (the CLI shows it on its status line)."""
+    from llm_moments.engine.session.compare import CompareSession
+
+    said: list[str] = []
+    warm_up = CompareSession.warm_up
+    monkeypatch.setattr(CompareSession, "warm_up", lambda self, on_status=None: warm_up(
+        self, on_status=lambda m: (said.append(m), on_status and on_status(m))))
+    return said
+
+
+def test_compiled_variant_end_to_end(inductor, monkeypatch, capsys):
+    """tiny-gpt2, the compiled variant with two blocks (a small graph: inductor compiles it in seconds),
+    3 new tokens: the prefill, the first and a later decode step are the graphs a decoder needs, all
+    compiled in warm-up. Step rows compare; its layers say "no per-layer timing", never numbers."""
+    import math
+
+    import torch
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()   # graphs of this model class from an earlier test would be reused
+    said = _said_in_warm_up(monkeypatch)
+    graphs = counters["stats"]["unique_graphs"]
+    code = cli.main([*COMMON, "--max-new-tokens", "3", "--rounds", "3", "--format", "json",
+                     "--variant", "base:", "--variant", "c: --compile --drop-layers 2-5"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert counters["stats"]["unique_graphs"] > graphs           # it really compiled
+    assert said and said[0].startswith("compiling c (torch.compile")
+    assert "Traceback" not in out.err and "compiled again" not in out.err   # no compile in a measured step
+    assert "no layer hook fired" not in out.err                  # expected here, said in the notes instead
+    doc = json.loads(out.out)
+    assert doc["variants"] == ["base", "c"]
+    info = doc["variant_info"]["c"]
+    assert info["per_layer_timing"] is False and info["settings"]["compile"] is True
+    assert any("torch.compile" in n and "no per-layer timing" in n for n in info["notes"])
+    assert set(doc["by_kind"]) == {"prefill", "decode"}
+    for kind in doc["by_kind"].values():
+        step = kind["step"]
+        assert step["c"]["steps"] == step["base"]["steps"] > 0
+        assert math.isfinite(step["c"]["ratio"]) and step["c"]["ratio"] > 0 and step["c"]["p50_ms"] > 0
+        for row in kind["layers"]:
+            c = row["variants"]["c"]
+            assert c["verdict"] == "no per-layer timing" and c["p50_ms"] is None and c["ratio"] is None
+        assert any((r["variants"].get("base") or {}).get("p50_ms") for r in kind["layers"])  # base's are timed
+    assert doc["output"]["c"]["measure"] == "token_agreement"
+
+
+def test_compile_failure_is_one_line_and_the_variant_runs_uncompiled(monkeypatch, capsys):
+    """No working C++ compiler (inductor's own error, pages long): the variant says so in one line
+    (stderr, status, notes) and runs its eager forward, per-layer timing included. Needs no working
+    inductor: where it cannot compile at all, it fails the same way."""
+    import torch
+    import torch._inductor.config as inductor_config
+
+    torch._dynamo.reset()                                           # no graph to reuse: it must compile
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("/nonexistent/cc",))
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)   # nor a compiled graph from disk
+    said = _said_in_warm_up(monkeypatch)
+    code = cli.main([*COMMON, "--rounds", "2", "--format", "json",
+                     "--variant", "base:", "--variant", "c: --compile --drop-layers 2-5"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "Traceback" not in out.err
+    lines = [l for l in out.err.splitlines() if "torch.compile failed" in l]
+    assert len(lines) == 1 and lines[0].startswith("moments: c: torch.compile failed here, running uncompiled: ")
+    assert "compiler" in lines[0] and len(lines[0]) < 300, lines
+    assert said[0].startswith("compiling c") and said[1] == lines[0].removeprefix("moments: ")
+    doc = json.loads(out.out)
+    info = doc["variant_info"]["c"]
+    assert info["per_layer_timing"] is True
+    assert [n for n in info["notes"] if "torch.compile" in n] == [
+        n for n in info["notes"] if n.startswith("torch.compile failed here (") and "per-layer timing kept" in n]
+    rows = {r["name"]: r for r in doc["layers"]}
+    assert rows["transformer.h.0"]["variants"]["c"]["p50_ms"] > 0       # eager: the layers are timed
+    assert "c" in rows["transformer.h.3"]["absent_in"]
+
+
+def test_a_compile_during_measured_steps_is_said_once(inductor):
+    """The warm-up compiles; a shape it did not run (size 1 is specialized: a new graph) compiles
+    inside a measured step: one status says that step's time includes compiling."""
+    import torch
+    from torch import nn
+
+    from llm_moments.engine.session.variants import ModelObject, compile_forward
+
+    class Monitor:   # a started one: what it is told
+        started, stopped, said = True, False, []
+        note_status = said.append
+
+    torch._dynamo.reset()
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU())
+    obj = ModelObject(model, ["c"])
+    compile_forward(obj)
+    want = model[1](model[0](torch.ones(3, 8)))
+    assert torch.allclose(model(torch.ones(3, 8)), want)   # warm-up: compiles, no monitor yet
+    obj.monitor = mon = Monitor()
+    model(torch.randn(5, 8))                               # dynamic sizes: the same graph
+    assert mon.said == [] and obj.late_compiles == 0
+    model(torch.randn(1, 8))
+    model(torch.randn(1, 8))
+    assert obj.late_compiles == 1 and len(mon.said) == 1
+    assert mon.said[0].startswith("c: torch.compile compiled again during a measured step")

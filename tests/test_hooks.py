@@ -318,3 +318,13 @@ def test_a_model_that_calls_itself_is_one_step():
         model(torch.zeros(1, 4))
     assert steps.begun == 1
     assert steps.calls == [[2, 2]]
+
+
+def test_a_one_block_model_keeps_its_block_names():
+    """One block (a one-layer model, or a compare variant with all blocks but one dropped): still the
+    block list, not the whole `transformer` as one layer."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100, n_positions=64, bos_token_id=0, eos_token_id=0)
+    names = [n for n, _ in top_level_layers(GPT2LMHeadModel(cfg))[0]]
+    assert "transformer.h.0" in names and "transformer" not in names and names[-1] == "lm_head"

@@ -196,3 +196,121 @@ def test_ops_run_options_carried():
 def test_slowdown():
     assert O.slowdown({"layer_ms": 3.0}, 1.0) == 3.0
     assert O.slowdown({"layer_ms": 3.0}, float("nan")) is None
+
+
+class _Attention(nn.Module):
+    """A QKV Linear with bias on 3-D input (aten.addmm), eager attention (4-D matmuls: aten.bmm), an
+    output Linear without bias (aten.mm), softmax and a residual (no FLOP formula)."""
+
+    def __init__(self, d: int = 32, heads: int = 4):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, d, bias=False)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = (z.reshape(b, t, self.heads, d // self.heads).transpose(1, 2) for z in self.qkv(x).chunk(3, -1))
+        att = (q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5).softmax(-1)
+        y = (att @ v).transpose(1, 2).reshape(b, t, d)
+        return x + self.out(y)
+
+
+def test_ops_flops_equal_flop_counter_mode_and_only_where_a_formula_exists():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    model = nn.Sequential(_Attention(), nn.LayerNorm(32), nn.Linear(32, 8))
+    x = torch.randn(2, 5, 32)
+    recs: list[dict] = []
+    mon = Monitor(model, listeners=[recs.append], sample_hz=1, util_hz=1)
+    with mon:
+        mon.start_ops(0, 2)
+        with torch.inference_mode():
+            for _ in range(3):
+                model(x)
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model[0](x)
+    expected = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+    assert set(expected) == {"aten.addmm", "aten.mm", "aten.bmm"}   # the layer does all three
+    # b·t rows × 32 in × 96 out (QKV), × 32 out (output), and 2 · b·heads · 5×8×5 for QK^T and att·V
+    assert expected["aten.addmm"] == 2 * 10 * 32 * 96 and expected["aten.mm"] == 2 * 10 * 32 * 32
+    ops = [r for r in recs if r["type"] == "ops"]
+    assert len(ops) == 2
+    for r in ops:
+        rows = {o["name"]: o for o in r["ops"]}
+        assert {n: rows[n]["flops"] for n in expected} == expected
+        assert rows["aten.bmm"]["calls"] == 2
+        without = [o for o in r["ops"] if o["name"] not in expected]
+        assert without and all("flops" not in o for o in without)   # unknown is absent, never 0
+        assert any(o["name"] == "aten._softmax" for o in without)
+        assert check_record(r, 3) is None
+
+
+def test_ops_flops_unknown_when_the_formula_cannot_count():
+    """A formula that cannot count one call (here: the second) leaves the op without ``flops`` for
+    that step: a partial sum is never written."""
+    from torch.utils.flop_counter import flop_registry
+
+    probe = O.OpsProbe(nn.Identity(), 0, 1)
+    seen: list = []
+
+    def flaky(*a, **k):
+        seen.append(1)
+        if len(seen) == 2:
+            raise ValueError("symbolic size")
+        return flop_registry[torch.ops.aten.mm](*a, **k)
+
+    probe._names[torch.ops.aten.mm.default] = ("aten.mm", flaky, False)
+    a, b = torch.ones(2, 3), torch.ones(3, 4)
+    with probe.mode:
+        torch.mm(a, b)
+        a + 1
+    probe._spans.append(1000)
+    rows = {o["name"]: o for o in probe.resolve(probe.end_step(0))["ops"]}
+    assert rows["aten.mm"]["flops"] == 2 * 2 * 3 * 4 and "flops" not in rows["aten.add"]
+    with probe.mode:
+        torch.mm(a, b)
+        torch.mm(a, b)
+    probe._spans.append(1000)
+    rows = {o["name"]: o for o in probe.resolve(probe.end_step(1))["ops"]}
+    assert rows["aten.mm"]["calls"] == 2 and "flops" not in rows["aten.mm"]
+
+
+@pytest.mark.parametrize("row, words", [
+    ({"name": "aten.mm", "calls": 1, "ms": 0.1, "flops": -1}, "negative"),
+    ({"name": "aten.mm", "calls": 1, "ms": 0.1, "flops": "many"}, "not a number"),
+    ({"name": "aten.mm", "calls": 1, "ms": 0.1, "flops": True}, "not a number"),
+    ({"name": "aten.mm", "calls": 1, "ms": 0.1, "flops": 1e30}, "out of range"),
+    ({"name": "aten.mm", "calls": 1.5, "ms": 0.1}, "not an integer"),
+    ({"name": "aten.mm", "calls": 1}, "ms is missing"),
+    ({"calls": 1, "ms": 0.1}, "no name"),
+])
+def test_ops_record_validation(row, words):
+    good = {"type": "ops", "step": 3, "layer": 1, "layer_ms": 0.5,
+            "ops": [{"name": "aten.add", "calls": 2, "ms": 0.1}, {"name": "aten.mm", "calls": 1, "ms": 0.2,
+                                                                  "flops": 4096}]}
+    assert check_record(good, 2) is None
+    assert "layer 1" in check_record(good, 1)
+    bad = {**good, "ops": [row]}
+    problem = check_record(bad, 2)
+    assert problem is not None and words in problem, problem
+    assert check_record({**good, "ops": "x"}, 2) == "ops is str, not a list"
+    assert check_record({**good, "ops": [{"name": "aten.mm", "calls": 1, "ms": 0.1,
+                                          "flops": float("nan")}]}, 2) is not None
+
+
+def test_detail_ops_box_shows_flops_where_known():
+    from llm_moments.tui.screens.detail import LayerDetailScreen
+
+    rec = {"type": "ops", "step": 4, "layer": 1, "layer_ms": 2.0,
+           "ops": [{"name": "aten.mm", "calls": 2, "ms": 1.0, "flops": 3_000_000_000},
+                   {"name": "aten.add", "calls": 1, "ms": 0.5}]}
+    text = str(LayerDetailScreen._ops(rec, 1.0))
+    lines = text.splitlines()
+    assert "FLOPs" in lines[0] and "GFLOP/s" in lines[0]
+    mm = next(l for l in lines if "aten.mm" in l)
+    add = next(l for l in lines if "aten.add" in l)
+    assert mm.split()[-3:] == ["3.00", "G", "3000"]      # 3e9 FLOPs in 1 ms: 3000 GFLOP/s
+    assert add.split()[-2:] == ["—", "—"]                 # unknown, not 0

@@ -17,6 +17,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace, interrupts: _Interrupts) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.text import Text
 
     from llm_moments.engine.analysis.compare import analyze_compare
     from llm_moments.engine.output.compare import render_compare_json, render_compare_text
@@ -25,7 +26,7 @@ def _compare(args: argparse.Namespace, interrupts: _Interrupts) -> int:
 
     err = Console(stderr=True)
     texts, variants = check_compare_options(args)   # every spec checked before the model loads
-    with err.status("loading model…"):
+    with err.status("loading model…") as status:
         import torch
 
         from llm_moments.engine.session.models import load_model
@@ -34,7 +35,8 @@ def _compare(args: argparse.Namespace, interrupts: _Interrupts) -> int:
             torch.set_num_threads(args.threads)
         loaded = load_model(args.model, args.device, args.dtype, args.trust_remote_code)
         session = CompareSession(args, variants, loaded, texts)
-        session.warm_up()
+        # a compiled variant compiles here (tens of seconds): the status says so, so it does not look hung
+        session.warm_up(on_status=lambda line: status.update(Text(visible(line))))
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=err, transient=True)
     task = progress.add_task("rounds", total=args.rounds)
@@ -53,6 +55,7 @@ def _compare(args: argparse.Namespace, interrupts: _Interrupts) -> int:
         reason, code, failure = "error", 1, f"{type(exc).__name__}: {exc}"
     if interrupts.signum is not None and reason == "completed":
         reason, code = "interrupted", EXIT_INTERRUPTED
+    recorder = session.recorder   # stop() closes it and lets go of it; the line below names it
     session.stop(reason, error=failure)
     for message in dict.fromkeys(session.statuses):
         _quietly(lambda m=message: print(f"moments: {visible(m)}", file=sys.stderr))
@@ -60,9 +63,9 @@ def _compare(args: argparse.Namespace, interrupts: _Interrupts) -> int:
     _quietly(lambda: sys.stdout.write(render_compare_json(result) if args.format == "json"
                                       else render_compare_text(result)))
     _quietly(sys.stdout.flush)
-    if session.recorder is not None and not session.recording_lost:
-        _quietly(lambda: print(f"recorded {session.recorder.steps_on_disk} steps to "
-                               f"{visible(session.recorder.path)}", file=sys.stderr))
+    if recorder is not None and not session.recording_lost:
+        _quietly(lambda: print(f"recorded {recorder.steps_on_disk} steps to "
+                               f"{visible(recorder.path)}", file=sys.stderr))
     if failure:
         return error(f"the model failed during the compare: {failure}", 1)
     if session.recording_lost and code == 0:

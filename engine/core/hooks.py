@@ -56,11 +56,19 @@ class Layer:
 
 
 def _block_list(model: nn.Module) -> tuple[list[str], nn.Module] | None:
-    """Path (names from the root) to the biggest list of same-typed blocks, or None."""
+    """Path (names from the root) to the biggest list of same-typed blocks, or None.
+
+    Two blocks at least make a list; failing that, a ModuleList of one block (a one-layer model, or a
+    compare variant with all blocks but one dropped) still is one, so its layers keep their names."""
+    return _biggest_list(model, 2) or _biggest_list(model, 1, (nn.ModuleList,))
+
+
+def _biggest_list(model: nn.Module, min_len: int,
+                  kinds: tuple[type, ...] = (nn.ModuleList, nn.Sequential)) -> tuple[list[str], nn.Module] | None:
     best = None
     best_key = None
     for path, mod in model.named_modules():
-        if not isinstance(mod, (nn.ModuleList, nn.Sequential)) or len(mod) < 2:
+        if not isinstance(mod, kinds) or len(mod) < min_len:
             continue
         # placeholders of a pipeline stage stand where blocks another stage owns would be
         types = {type(child) for child in mod if not is_placeholder(child)}

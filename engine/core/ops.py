@@ -13,11 +13,19 @@ one call run one after the other, so Σ ops ≤ the moment.
 
 Each step gives one record (design §10)::
 
-    {"type": "ops", "step": i, "layer": index, "layer_ms": span, "ops": [{"name", "calls", "ms"}]}
+    {"type": "ops", "step": i, "layer": index, "layer_ms": span, "ops": [{"name", "calls", "ms", "flops"?}]}
 
 ``layer_ms`` is the layer's own span with the mode on (the moment of that step, as this probe saw
 it). The mode costs a Python call per operator: a layer runs several times slower while it is on
 (the UI says by how much: the span against the layer's usual moment), so it is for a few steps.
+
+``flops``: the op's floating-point operations in that step, counted by the formulas
+``torch.utils.flop_counter`` uses (its ``flop_registry``: mm, addmm, bmm, baddbmm, convolutions, the
+fused attention kernels…), called as FlopCounterMode calls them, with the op's args and output, right
+after the op ran (outside its timed span; only shapes are read, no tensor is kept). An op without a
+formula pays nothing more (its formula, None, is looked up once per overload with its name) and has no
+``flops`` key: unknown is never written as 0. As in FlopCounterMode, ops with no formula (element-wise,
+softmax, the CPU flash-attention kernel) count nothing.
 """
 
 from __future__ import annotations
@@ -68,8 +76,31 @@ class EventPool:
         self._free.extend(events)
 
 
+def flop_formula(func: Any) -> Callable[..., Any] | None:
+    """torch.utils.flop_counter's formula for this op (keyed by its overload packet), or None."""
+    from torch.utils.flop_counter import flop_registry
+
+    packet = getattr(func, "overloadpacket", None)
+    try:
+        return flop_registry.get(packet) if packet is not None else None
+    except TypeError:  # an unhashable stand-in
+        return None
+
+
+def count_flops(formula: Callable[..., Any], args: tuple, kwargs: dict | None, out: Any) -> int | None:
+    """The op's FLOPs as FlopCounterMode counts them (``formula(*args, **kwargs, out_val=out)``);
+    None when the formula cannot say (a shape it does not take, a symbolic size)."""
+    try:
+        n = formula(*args, **(kwargs or {}), out_val=out)
+        n = int(n)
+    except Exception:
+        return None
+    return n if n >= 0 else None
+
+
 class _Timed(TorchDispatchMode):
-    """Times every operator dispatched while it is on into its probe's per-step lists."""
+    """Times every operator dispatched while it is on into its probe's per-step lists, and counts the
+    FLOPs of those that have a formula (after the op's timed span)."""
 
     def __init__(self, probe: OpsProbe):
         super().__init__()
@@ -77,9 +108,22 @@ class _Timed(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         probe = self.probe
-        name = probe._names.get(func)
-        if name is None:
-            name = probe._names[func] = op_name(func)
+        known = probe._names.get(func)
+        if known is None:  # once per overload: its name, its FLOP formula (None: none), may it decompose
+            formula = flop_formula(func)
+            known = probe._names[func] = (op_name(func), formula,
+                                          formula is None and callable(getattr(func, "decompose", None)))
+        name, formula, composite = known
+        if composite:
+            # A composite op (inference mode dispatches aten.linear, aten.matmul… here whole) runs as
+            # its decomposition with the mode on, as FlopCounterMode runs it: its parts (addmm, bmm…)
+            # are timed and counted, the op itself is not (its time is theirs). An op that turns out
+            # to have no decomposition is asked once.
+            with self:
+                out = func.decompose(*args, **(kwargs or {}))
+            if out is not NotImplemented:
+                return out
+            probe._names[func] = (name, formula, False)
         if probe.pool is None:
             clock = probe.clock
             t0 = clock()
@@ -91,6 +135,12 @@ class _Timed(TorchDispatchMode):
             out = func(*args, **(kwargs or {}))
             end.record()
             probe._ops.append((name, (start, end)))
+        if formula is not None:
+            n = count_flops(formula, args, kwargs, out)
+            flops = probe._flops
+            had = flops.get(name, 0)
+            # one call the formula could not count makes the op's total unknown for this step
+            flops[name] = None if n is None or had is None else had + n
         return out
 
 
@@ -105,8 +155,9 @@ class OpsProbe:
         self.steps_left = int(steps)
         self.pool, self.clock = None, clock
         self.mode = _Timed(self)
-        self._names: dict[Any, str] = {}
+        self._names: dict[Any, tuple[str, Any, bool]] = {}   # op overload → (name, FLOP formula, composite)
         self._ops: list[tuple[str, Any]] = []
+        self._flops: dict[str, int | None] = {}          # this step's FLOPs per op name (None: unknown)
         self._spans: list[Any] = []      # the layer's own spans in this step: ns (CPU) or event pairs
         self._open: Any = None
         self._depth = 0
@@ -115,6 +166,7 @@ class OpsProbe:
         with self.mode:
             torch.zeros(1).add_(1)
         self._ops.clear()
+        self._flops.clear()
         self.pool = pool
 
     @property
@@ -158,25 +210,25 @@ class OpsProbe:
                 end.record()
                 self._spans.append((self._open, end))
 
-    def end_step(self, step: int) -> tuple[int, list, list] | None:
-        """This step's raw times (None when the layer did not run); counts the step down."""
-        ops, spans = self._ops, self._spans
-        self._ops, self._spans = [], []
+    def end_step(self, step: int) -> tuple[int, list, list, dict] | None:
+        """This step's raw times and FLOPs (None when the layer did not run); counts the step down."""
+        ops, spans, flops = self._ops, self._spans, self._flops
+        self._ops, self._spans, self._flops = [], [], {}
         self.steps_left -= 1
-        return (step, ops, spans) if spans or ops else None
+        return (step, ops, spans, flops) if spans or ops else None
 
-    def discard(self, pending: tuple[int, list, list] | None) -> None:
+    def discard(self, pending: tuple[int, list, list, dict] | None) -> None:
         if pending is not None and self.pool is not None:
             self.pool.give(self._events(pending))
 
     @staticmethod
-    def _events(pending: tuple[int, list, list]) -> list[Any]:
-        _, ops, spans = pending
+    def _events(pending: tuple[int, list, list, dict]) -> list[Any]:
+        ops, spans = pending[1], pending[2]
         return [e for _, pair in ops for e in pair] + [e for pair in spans for e in pair]
 
-    def resolve(self, pending: tuple[int, list, list]) -> dict[str, Any]:
+    def resolve(self, pending: tuple[int, list, list, dict]) -> dict[str, Any]:
         """The ops record of one step (worker thread; on GPU waits for the step's last event)."""
-        step, ops, spans = pending
+        step, ops, spans, flops = pending
         if self.pool is None:
             span_ns = float(sum(spans))
             times = ops
@@ -197,6 +249,10 @@ class OpsProbe:
                 row[1] += ns
         rows = sorted(({"name": n, "calls": c, "ms": _ms(ns)} for n, (c, ns) in acc.items()),
                       key=lambda r: -r["ms"])
+        for row in rows:
+            n = flops.get(row["name"])
+            if n is not None:
+                row["flops"] = n
         return {"type": "ops", "step": step, "layer": self.layer, "layer_ms": _ms(span_ns), "ops": rows}
 
 

@@ -215,15 +215,17 @@ class FooterRecord(TypedDict):
 
 
 class OpRow(TypedDict):
-    name: str
+    name: str                  # the aten overload packet: "aten.mm"
     calls: int
     ms: float
+    flops: NotRequired[int]    # only for ops with a torch.utils.flop_counter formula; absent when unknown
 
 
 class OpsRecord(TypedDict):
     type: Literal["ops"]
     step: int
     layer: int
+    layer_ms: NotRequired[float]   # the layer's own span with ops mode on
     ops: list[OpRow]
 
 

@@ -251,7 +251,39 @@ def check_record(obj: Any, n_layers: int) -> str | None:
         problem = _num_problem("steps", obj.get("steps"), integer=True)
         if problem:
             return problem
+    elif rtype == "ops":
+        problem = _ops_problem(obj, n_layers)
+        if problem:
+            return problem
     return _fields_problem(obj)
+
+
+MAX_FLOPS = 1e21   # one op's FLOPs in one step: a big prefill's matmuls pass 1e15 (MAX_NUMBER)
+
+
+def _ops_problem(obj: dict[str, Any], n_layers: int) -> str | None:
+    """An ops record (engine/core/ops.py): the step, a layer of the header, rows of name, calls, ms
+    and, where the op has a FLOP formula, flops (a finite count ≥ 0; absent when unknown)."""
+    for key in ("step", "layer"):
+        problem = _num_problem(key, obj.get(key), required=True, hi=MAX_T_NS, integer=True)
+        if problem:
+            return problem
+    if obj["layer"] >= n_layers:
+        return f"layer {obj['layer']} is not one of the header's {n_layers} layers"
+    rows = obj.get("ops")
+    if type(rows) is not list:
+        return "ops is missing" if rows is None else f"ops is {type(rows).__name__}, not a list"
+    for row in rows:
+        if type(row) is not dict:
+            return f"an ops row is {type(row).__name__}, not a map"
+        if type(row.get("name")) is not str:
+            return "an ops row has no name"
+        problem = (_num_problem("ops calls", row.get("calls"), required=True, integer=True)
+                   or _num_problem("ops ms", row.get("ms"), required=True)
+                   or _num_problem("ops flops", row.get("flops"), hi=MAX_FLOPS))
+        if problem:
+            return problem
+    return None
 
 
 # -- the same checks, a batch of records at a time ------------------------------------------------------

@@ -19,7 +19,8 @@ model options are equal share one model object.
 
 Timing: one Monitor per distinct model object (hooks on one module fire once), each forwarding its
 records to this session, which tags every step with its ``variant`` (and ``round``), maps the layer
-arrays onto the session's layer list (a dropped block is ``null``), and writes one recording.
+arrays onto the session's layer list (a dropped block is ``null``), and writes one recording; the
+live UI (engine/session/compare_stream.py) switches it on and off while the session runs.
 """
 
 from __future__ import annotations
@@ -173,18 +174,40 @@ class CompareSession:
         if want and attn_of(obj.model) != want:
             set_attn(obj.model, want)
 
-    def warm_up(self) -> None:
-        """Each variant: ``--warmup`` batches unmonitored (a compiled variant compiles here)."""
+    def warm_up(self, on_status: Callable[[str], None] | None = None) -> None:
+        """Each variant: ``--warmup`` batches unmonitored. A compiled variant compiles here: it runs the
+        first two rounds' texts in its batches (their sizes, as the rounds give them), batches with and
+        without padding, and 4 new tokens (prefill, first and later decode: the graphs a decoder needs),
+        so no measured step compiles; ``on_status`` hears "compiling …" first. If torch.compile fails
+        on this machine, the variant runs uncompiled from then on and says so in one line (here, as a
+        status at start, and in its notes)."""
+        from llm_moments.engine.session.variants import compile_error_line, uncompile
+
         for obj in self.objects:
             obj.base_attn = attn_of(obj.model)
         for v in self.variants:
             self._apply(v)
             obj = self.object_of[v.label]
-            n = max(v.args.warmup, 2 if obj.compiled else 0)
-            for k in range(n):
-                batch = [self.texts[(k * v.args.batch_size + j) % len(self.texts)] for j in range(v.args.batch_size)]
-                run_side(self.loaded, obj.model, batch, v.args.batch_size, min(self.args.max_new_tokens, 4),
-                         v.args.cache, None)
+            bs, tokens = v.args.batch_size, min(self.args.max_new_tokens, 4)
+            batches = [[self.texts[(k * bs + j) % len(self.texts)] for j in range(bs)] for k in range(v.args.warmup)]
+            if obj.compiled:
+                if on_status is not None:
+                    on_status(f"compiling {v.label} (torch.compile: the first calls take a while)…")
+                # generate() passes attention_mask only to a batch with padding, and the graph is
+                # guarded on its kwargs: a batch of one text repeated and one of a short and long text
+                by_len = sorted(self.texts, key=len)
+                sides = [self.round_texts(r) for r in range(max(v.args.warmup, 2))] + [[by_len[-1]] * bs]
+                sides += [[by_len[0]] + [by_len[-1]] * (bs - 1)] if bs > 1 else []
+                try:
+                    for texts in sides:
+                        run_side(self.loaded, obj.model, texts, bs, tokens, v.args.cache, None)
+                    continue
+                except Exception as exc:   # then the eager forward warms up as any variant's
+                    line = uncompile(obj, compile_error_line(exc))
+                    if on_status is not None:
+                        on_status(line)
+            for batch in batches:
+                run_side(self.loaded, obj.model, batch, bs, tokens, v.args.cache, None)
 
     # -- monitors and the one stream of records ---------------------------------------------------
     def start(self) -> None:
@@ -192,6 +215,7 @@ class CompareSession:
 
         from llm_moments.engine.core.recording import Recorder
         from llm_moments.engine.session.monitor import Monitor
+        from llm_moments.engine.session.variants import step_hooks_only
 
         self.default_threads = self.args.threads or torch.get_num_threads()
         args = self.args
@@ -209,12 +233,10 @@ class CompareSession:
             self.recorder = Recorder(args.record, overwrite=bool(args.force), private=not args.no_text)
         for obj in self.objects:
             obj.monitor.start()
-            if obj.compiled:  # the hooks inside the compiled forward would break its graph: step hooks only
-                hooks = obj.monitor.hooks
-                for handle in hooks._handles[1:-1]:
-                    handle.remove()
-                hooks._handles = [hooks._handles[0], hooks._handles[-1]]
-                obj.monitor._head_probe.detach()
+            if obj.compiled:  # hooks inside the compiled forward would never fire: step hooks only
+                step_hooks_only(obj)
+            if obj.compile_failure:  # said in warm-up; a status in the recording too
+                obj.monitor.note_status(obj.compile_failure)
         self._build_header()
 
     def _build_header(self) -> None:
@@ -336,22 +358,69 @@ class CompareSession:
             rec["variant"] = labels[0] if len(labels) == 1 else None
             rec["variants"] = list(labels)
             self.statuses.append(str(rec.get("message")))
+        elif rtype == "overhead":   # one model object's monitor: the variants it measures
+            rec["variants"] = list(obj.labels)
         self._write(rec)
 
     def _write(self, rec: dict) -> None:
+        self._to_file(rec)
+        self._tell(rec)
+
+    def _to_file(self, rec: dict) -> None:
         from llm_moments.engine.core.recording import RecordingLost
 
         if self.recorder is not None and not self.recorder.closed:
             try:
                 self.recorder.write(rec, flush=rec.get("type") != "sample")
-            except RecordingLost as exc:
+            except RecordingLost as exc:  # the session goes on unrecorded; a live UI is told (exit 3)
                 self.recording_lost = str(exc)
                 self.recorder = None
+                self._tell({"type": "status", "level": "error", "message": str(exc), "recording_lost": True})
+                self._tell({"type": "recording", "t_ns": self._now_ns(), "path": None})
+
+    def _tell(self, rec: dict) -> None:
         for fn in tuple(self.listeners):
             try:
                 fn(rec)
             except Exception:
                 self.listeners.remove(fn)
+
+    def _now_ns(self) -> int:
+        return time.perf_counter_ns() - getattr(self, "_t0", time.perf_counter_ns())
+
+    def switch_recording(self, recorder: Any) -> None:
+        """Close the open recording (its output agreement so far, a ``completed`` footer), then record
+        the rest of the session to ``recorder`` (None: none): the session's header first, then every
+        record as a recording from the start has them (the live UI's r key: compare_stream.py)."""
+        with self._lock:
+            closed = self._close_recording()
+            self.recorder = recorder
+            if recorder is not None and self.header is not None:
+                self._to_file(self.header)
+        if closed or recorder is not None:
+            self._tell({"type": "recording", "t_ns": self._now_ns(),
+                        "path": str(recorder.path) if recorder is not None else None})
+
+    def _close_recording(self, reason: str = "completed", error: str | None = None,
+                         t_ns: int | None = None) -> bool:
+        """(Under the lock.) The output agreement, then the footer; False when nothing was open."""
+        rec = self.recorder
+        if rec is None or rec.closed:
+            return False
+        t_ns = self._now_ns() if t_ns is None else t_ns
+        self._to_file({"type": "compare_output", "t_ns": t_ns, "baseline": self.baseline,
+                       "output": self.agreement.result()})
+        if self.recorder is rec:   # (writing the output record may have lost the file)
+            rec.close({"type": "footer", "t_ns": t_ns, "steps": rec.steps_written, "reason": reason,
+                       **({"error": error} if error else {})})
+        self.recorder = None
+        return True
+
+    def flush(self, timeout_s: float = 10.0) -> None:
+        """Wait until every step that ended has reached the session (between sides: nothing is timed)."""
+        for obj in self.objects:
+            if obj.monitor is not None:
+                obj.monitor.flush(timeout_s)
 
     # -- the rounds -------------------------------------------------------------------------------
     def round_texts(self, r: int) -> list[str]:
@@ -383,33 +452,34 @@ class CompareSession:
                 mon.note_text(texts, None if not self.loaded.generative else
                               [self.loaded.tokenizer.decode(o, skip_special_tokens=True) for o in outputs])
                 if not (stop is not None and stop.is_set()):
-                    self.agreement.add(v.label, texts, outputs)
+                    with self._lock:   # a recording closed from another thread reads it
+                        self.agreement.add(v.label, texts, outputs)
             else:
                 done += 1
                 if on_round is not None:
                     on_round(done)
         return done
 
-    def stop(self, reason: str = "completed", error: str | None = None) -> None:
+    def stop(self, reason: str = "completed", error: str | None = None,
+             before_footer: Callable[[], None] | None = None) -> None:
+        """Stop the monitors, write the output agreement and the footer. ``before_footer``: called once
+        every step is in ``steps`` and ``output`` is known, before the footer goes out (the live child's
+        last analysis)."""
         for obj in self.objects:
             if obj.monitor is not None:
                 obj.monitor.stop(reason, error)
-        t_ns = time.perf_counter_ns() - getattr(self, "_t0", time.perf_counter_ns())
+        t_ns = self._now_ns()
         footer = {"type": "footer", "t_ns": t_ns, "steps": len(self.steps), "reason": reason}
         if error:
             footer["error"] = error
         self.output = self.agreement.result()
+        if before_footer is not None:
+            before_footer()
         with self._lock:
             if self.header is not None:  # what each variant costs in output (read back by report)
-                self._write({"type": "compare_output", "t_ns": t_ns, "baseline": self.baseline,
-                             "output": self.output})
-            if self.recorder is not None and not self.recorder.closed:
-                from llm_moments.engine.core.recording import RecordingLost
-
-                try:
-                    self.recorder.close(footer)
-                except RecordingLost as exc:
-                    self.recording_lost = str(exc)
+                self._tell({"type": "compare_output", "t_ns": t_ns, "baseline": self.baseline,
+                            "output": self.output})
+            self._close_recording(reason, error, t_ns)
             for fn in tuple(self.listeners):
                 with contextlib.suppress(Exception):
                     fn(footer)

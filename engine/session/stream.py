@@ -16,6 +16,9 @@ launcher's environment says which): it joins the world, loads its shard, agrees 
 once per batch whether to stop, tags nothing (the launcher adds ``rank``) and exits without the
 interpreter's teardown once its footer and records are out.
 
+``moments compare`` in the live UI runs its child through the same plumbing (``Serving``):
+engine/session/compare_stream.py.
+
 Exit status: 0, 130 when interrupted, 3 when a write error stopped the recording (the session went
 on; the status record that said so carries ``recording_lost``), 1 or 2 on an error.
 """
@@ -80,69 +83,89 @@ class _Out:
         self.thread.join(10)
 
 
-def serve(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
-    from llm_moments.engine.session.runner import stream
-    from llm_moments.engine.session.setup import make_monitor, prepare_session, warm_up
+class Serving:
+    """The protocol's plumbing for one child: the record pipe (``out``), the signals, and the thread
+    that reads the UI's commands. ``target`` is what ``record`` / ``stop-record`` / ``ops`` act on once
+    the session runs (a Monitor, or a compare's CompareSession: both have ``start_recording``,
+    ``stop_recording`` and ``start_ops``); until ``loaded()`` an end leaves at once."""
 
-    out_fd = os.dup(1)
-    os.dup2(2, 1)  # from here on, print() goes to stderr
-    stop = threading.Event()
-    interrupted = threading.Event()
+    def __init__(self, stdin: Any = None):
+        out_fd = os.dup(1)
+        os.dup2(2, 1)  # from here on, print() goes to stderr
+        self.stop = threading.Event()
+        self.interrupted = threading.Event()
+        self.out = _Out(os.fdopen(out_fd, "w", encoding="utf-8"), on_broken=self._ui_gone)
+        self.loading = True
+        self.target: Any = None
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+        threading.Thread(target=self._control, args=(stdin,), name="moments-stream-control", daemon=True).start()
 
-    def ui_gone() -> None:  # our stdout pipe broke: nobody reads the session any more
-        interrupted.set()
-        stop.set()
+    def loaded(self) -> None:
+        """From here an end is a controlled one: footer written."""
+        self.loading = False
 
-    out = _Out(os.fdopen(out_fd, "w", encoding="utf-8"), on_broken=ui_gone)
-    box: dict[str, Any] = {"loading": True}
+    def _ui_gone(self) -> None:  # our stdout pipe broke: nobody reads the session any more
+        self.interrupted.set()
+        self.stop.set()
 
-    def end_now_if_loading() -> None:
+    def _end_now_if_loading(self) -> None:
         # Loading a model or warming it up cannot be cut short, and nothing is recorded yet (the
         # recording opens with the monitor): leave at once rather than keep a hung-up UI waiting.
-        if box["loading"]:
+        if self.loading:
             os._exit(130)
 
-    def on_signal(signum: int, frame: Any) -> None:
-        interrupted.set()
-        stop.set()
-        end_now_if_loading()
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.interrupted.set()
+        self.stop.set()
+        self._end_now_if_loading()
 
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
-
-    def control() -> None:
+    def _control(self, stdin: Any) -> None:
+        out = self.out
         for line in stdin or sys.stdin:
             try:
                 cmd = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if not isinstance(cmd, dict):
+                continue
             name = cmd.get("cmd")
-            monitor = box.get("monitor")
+            target = self.target
             if name == "quit":
                 if cmd.get("reason") == "interrupted":  # the UI's terminal went, or it got a signal
-                    interrupted.set()
-                stop.set()
-                end_now_if_loading()
+                    self.interrupted.set()
+                self.stop.set()
+                self._end_now_if_loading()
                 return
-            if monitor is None:
+            if target is None:
                 out.put({"type": "status", "level": "warning", "message": "the session is not running yet"})
-            elif name == "record":
-                try:
-                    monitor.start_recording(cmd.get("path", ""))
-                except MomentsError as exc:
-                    out.put({"type": "status", "level": "error", "message": str(exc)})
-            elif name == "stop-record":
-                monitor.stop_recording()
-            elif name == "ops":  # ops mode on one layer for the next N steps (engine/core/ops.py)
-                try:
-                    monitor.start_ops(cmd.get("layer"), cmd.get("steps"))
-                except MomentsError as exc:
-                    out.put({"type": "status", "level": "error", "message": str(exc)})
-        interrupted.set()  # stdin closed without a quit: the UI is gone (killed, or it crashed)
-        stop.set()
-        end_now_if_loading()
+                continue
+            try:
+                if name == "record":
+                    target.start_recording(cmd.get("path", ""))
+                elif name == "stop-record":
+                    target.stop_recording()
+                elif name == "ops":  # ops mode on one layer for the next N steps (engine/core/ops.py)
+                    target.start_ops(cmd.get("layer"), cmd.get("steps"))
+            except MomentsError as exc:
+                out.put({"type": "status", "level": "error", "message": str(exc)})
+        self.interrupted.set()  # stdin closed without a quit: the UI is gone (killed, or it crashed)
+        self.stop.set()
+        self._end_now_if_loading()
 
-    threading.Thread(target=control, name="moments-stream-control", daemon=True).start()
+    def end_reason(self, reason: str, code: int) -> tuple[str, int]:
+        """A session that ran to its end while the UI went away or a signal came is ``interrupted``."""
+        if self.interrupted.is_set() and reason == "completed":
+            return "interrupted", 130
+        return reason, code
+
+
+def serve(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
+    from llm_moments.engine.session.runner import stream
+    from llm_moments.engine.session.setup import make_monitor, prepare_session, warm_up
+
+    io = Serving(stdin)
+    out, stop = io.out, io.stop
     monitor = None
     ctx = None   # one rank of `moments run --tp N` (engine/session/launch.py): the world it joined
     reason, failure, code = "completed", None, 0
@@ -158,14 +181,15 @@ def serve(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
 
             texts = check_run_options(args)
             loaded = rank.load_sharded(args, ctx)
+        step_ms = None
         if ctx is not None or not stop.is_set():
             out.put({"type": "loading", "message": f"warming up {args.model}…"})
-            box["step_ms"] = warm_up(args, loaded, texts)
-        box["loading"] = False  # from here an end is a controlled one: footer written
+            step_ms = warm_up(args, loaded, texts)
+        io.loaded()
         agree = None if ctx is None else (lambda wish: rank.agree_stop(ctx, wish))
         if not (agree(stop.is_set()) if agree is not None else stop.is_set()):
-            monitor = make_monitor(args, loaded, [out.put], step_ms_hint=box.get("step_ms"))
-            box["monitor"] = monitor
+            monitor = make_monitor(args, loaded, [out.put], step_ms_hint=step_ms)
+            io.target = monitor
             monitor.start()
             if getattr(args, "ops", None) is not None:
                 monitor.start_ops(args.ops, args.ops_steps)
@@ -178,8 +202,7 @@ def serve(args: argparse.Namespace, stdin: TextIO | None = None) -> int:
     except Exception as exc:  # reported to the UI with its message; the recording is kept
         reason, failure, code = "error", f"{type(exc).__name__}: {exc}", 1
     finally:
-        if interrupted.is_set() and reason == "completed":
-            reason, code = "interrupted", 130
+        reason, code = io.end_reason(reason, code)
         if monitor is not None:
             monitor.stop(reason, error=failure)
             if monitor.recording_lost and code == 0:

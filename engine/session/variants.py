@@ -309,12 +309,114 @@ class ModelObject:
     layer_map: list[int] = field(default_factory=list)        # monitor layer j → session layer index
     ranges: list[list[Any]] = field(default_factory=list)     # [first index, end or None, label, round]
     base_attn: str | None = None
+    eager_forward: Any = None            # the forward an instance attribute held before compile (None: the class's)
+    compile_failure: str | None = None   # the one line said when torch.compile failed here
+    late_compiles: int = 0               # compiles during measured steps (a shape the warm-up did not run)
+
+    def compiled_again(self) -> None:
+        """The compiled forward compiled a new graph. In warm-up that is the point; once the monitor
+        runs, that step's time includes compiling: said once, as a status tagged with the variant."""
+        mon = self.monitor
+        if mon is None or not mon.started or mon.stopped:
+            return
+        self.late_compiles += 1
+        if self.late_compiles == 1:
+            mon.note_status(f"{', '.join(self.labels)}: torch.compile compiled again during a measured step (an "
+                            "input shape the warm-up did not run): that step's time includes compiling")
+
+
+COMPILE_NOTE = "torch.compile: step times only, no per-layer timing inside the compiled forward"
+
+
+def compile_forward(obj: ModelObject) -> None:
+    """Replace the object's forward by ``torch.compile`` of it. Dynamic shapes: one graph serves
+    every sequence length and cache length (a prefill, a first and a later decode step are the graphs a
+    decoder needs, all compiled in warm-up). The model's own __call__ still runs the monitor's step
+    hooks around it, outside the graph: step times are real. Compiling is lazy: a failure shows at
+    the first call (warm-up, ``uncompile``)."""
+    import functools
+    import types
+
+    import torch
+    import torch._dynamo.config as dynamo_config
+    from torch._dynamo.utils import counters
+
+    model = obj.model
+    obj.eager_forward = model.__dict__.get("forward")
+    eager = model.forward
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return eager(*args, **kwargs)
+
+    # Dynamo keeps its graphs on the code object of the frame it compiles. Copies of one model share
+    # forward's code, and the graph of one (an int8 copy's stops at its first graph break, guarded
+    # only on what it traced before) would serve another, which then runs in pieces. A code object
+    # of its own per model object keeps each variant's graphs apart.
+    call = types.FunctionType(call.__code__.replace(co_name=f"compiled_forward_{id(obj):x}"), call.__globals__,
+                              call.__name__, None, call.__closure__)
+    compiled = torch.compile(call, dynamic=True)
+    stats = counters["stats"]
+    # Frames that run on their own after a graph break (an int8 copy's blocks) share their code with
+    # every copy of the model, and dynamo's graphs per code object stop at its recompile limit (8),
+    # past which it runs them eager without a word: each compiled object brings its own room.
+    key = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    setattr(dynamo_config, key, getattr(dynamo_config, key) + 8)
+
+    @functools.wraps(eager)  # generate() reads forward's signature
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        before = stats["unique_graphs"]   # two dict reads a step: how a late compile is noticed
+        out = compiled(*args, **kwargs)
+        if stats["unique_graphs"] != before:
+            obj.compiled_again()
+        return out
+
+    model.forward = forward
+    obj.compiled = True
+    obj.notes.append(COMPILE_NOTE)
+
+
+def compile_error_line(exc: BaseException) -> str:
+    """One line from a compile error (inductor's are pages long): its type and first line."""
+    inner = getattr(exc, "inner_exception", None)
+    text = next((l.strip() for l in str(exc).splitlines() if l.strip()), "")
+    if not text and inner is not None:
+        text = next((l.strip() for l in str(inner).splitlines() if l.strip()), "")
+    text = text if len(text) <= 200 else text[:199] + "…"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def uncompile(obj: ModelObject, why: str) -> str:
+    """torch.compile failed on this machine (no compiler, an unsupported op; ``why``: one line): the
+    object runs its eager forward from now on, with per-layer timing. Returns the one line that says
+    so (also kept as ``compile_failure`` and in the notes)."""
+    model = obj.model
+    model.__dict__.pop("forward", None)
+    if obj.eager_forward is not None:
+        model.forward = obj.eager_forward
+    obj.compiled = False
+    obj.notes = [n for n in obj.notes if n != COMPILE_NOTE]
+    obj.notes.append(f"torch.compile failed here ({why}): runs uncompiled, per-layer timing kept")
+    obj.compile_failure = f"{', '.join(obj.labels)}: torch.compile failed here, running uncompiled: {why}"
+    return obj.compile_failure
+
+
+def step_hooks_only(obj: ModelObject) -> None:
+    """A compiled object's monitor keeps the model's own pre / post hooks (the step: they run in
+    __call__, outside the compiled forward) and loses every hook inside it: those were not there when
+    the graph was traced, so they would never fire (or break the graph) and the layers would read as
+    zeros. Its layers are "no per-layer timing" in the analysis (no hook fired in its steps)."""
+    mon = obj.monitor
+    hooks = mon.hooks
+    for handle in hooks._handles[1:-1]:
+        handle.remove()
+    hooks._handles = [hooks._handles[0], hooks._handles[-1]]
+    mon._head_probe.detach()
+    # Expected, and said in the variant's notes: not the monitor's "steps ran but no layer hook fired"
+    mon.steps_without_hooks = 1
 
 
 def build_object(loaded: Any, v: Variant) -> ModelObject:
     """The model object for variant ``v`` (a new one: the caller shares it among equal model keys)."""
-    import torch
-
     from llm_moments.engine.session.models import resolve_dtype
 
     base = loaded.model
@@ -339,11 +441,10 @@ def build_object(loaded: Any, v: Variant) -> ModelObject:
     if v.drop:
         kept = drop_blocks(model, v.drop)
         notes.append(f"blocks {a.drop_layers} dropped ({kept} kept)")
-    compiled = bool(a.compile)
-    if compiled:
-        model.forward = torch.compile(model.forward, dynamic=True)
-        notes.append("torch.compile: no per-layer timing inside the compiled forward (step times only)")
-    return ModelObject(model, [], own_bytes(model, base), notes, orig, compiled, dt)
+    obj = ModelObject(model, [], own_bytes(model, base), notes, orig, False, dt)
+    if a.compile:
+        compile_forward(obj)
+    return obj
 
 
 def set_attn(model: Any, impl: str) -> None:
