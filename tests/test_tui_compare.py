@@ -3,8 +3,8 @@
 The records are what the engine child sends (fakes in tests/test_compare_live.py: the analysis is made
 by the engine's own code from fake steps, so the screen shows real verdicts: ``bf16`` runs the blocks
 at 0.7× (faster), ``drop`` lacks blocks.2 and blocks.3 (absent), ``compiled`` has no per-layer timing).
-The source is the real CompareLiveSource with its child left unstarted; the app is MomentsApp with the
-lead's wiring added here (``CompareApp``). Last, the command's checks before the screen opens.
+The source is the real CompareLiveSource with its child left unstarted; the app is the real MomentsApp
+(it opens on the compare screen, ``c`` toggles it). Last, the command's checks before the screen opens.
 
 Update the snapshots after a deliberate UI change with:
 
@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 from test_compare_live import VARIANTS, args_for, compare_record, compare_session, compare_steps
-from textual.binding import Binding
 from tui_fakes import plain, run, table_lines
 
 from llm_moments.engine.cli import build_parser
@@ -52,31 +51,8 @@ class FedCompareSource(CompareLiveSource):
             self._put(r)
 
 
-class CompareApp(MomentsApp):
-    """MomentsApp with the wiring the lead adds to tui/app.py: ``c`` and the compare screen on mount."""
-
-    BINDINGS = [*MomentsApp.BINDINGS, Binding("c", "compare", "compare")]
-
-    def on_mount(self) -> None:
-        # (Textual runs MomentsApp.on_mount too, after this one: the lead's line goes right after its
-        # push of the main screen; here the push waits for it.)
-        if getattr(self.source, "is_compare", False):
-            self.call_later(self.push_screen, CompareScreen())
-
-    def action_compare(self) -> None:
-        if isinstance(self.screen, CompareScreen):
-            self.pop_screen()
-        elif getattr(self.source, "is_compare", False):
-            self.push_screen(CompareScreen())
-
-    def refresh_frame(self) -> None:
-        super().refresh_frame()
-        if isinstance(self.screen, CompareScreen) and not self.state.paused:
-            self.screen.show(self.state)
-
-
-def app_for(records: list[dict[str, Any]] | None = None) -> CompareApp:
-    return CompareApp(FedCompareSource(compare_session() if records is None else records), theme="dark",
+def app_for(records: list[dict[str, Any]] | None = None) -> MomentsApp:
+    return MomentsApp(FedCompareSource(compare_session() if records is None else records), theme="dark",
                       clock=lambda: 0.0)
 
 

@@ -1,7 +1,10 @@
 """The Textual app: wiring only. A source feeds records, the state folds them, screens draw them.
 
-The app drains its source on its own timer (12 Hz by default; design: 10–15 Hz) and draws one
-frame per tick from whatever arrived, so the UI's cost does not grow with the step rate and the engine never waits.
+The source is drained and folded on a fast timer (``DRAIN_HZ``), so the state is always fresh and the
+engine never waits; the numbers are drawn at ``refresh_hz`` (2 Hz by default: as fast as a person
+reads them, and few bytes over SSH, issue #11). A key (cursor, sort, a screen) draws at once, from the
+newest state, whatever the rate. When the terminal cannot take what is written (a slow link: the
+driver's writes block, tui/wire.py), the rate backs off by itself and the status line says so.
 """
 
 from __future__ import annotations
@@ -13,14 +16,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from textual.app import App
+from textual.app import App, ScreenStackError
 from textual.binding import Binding
 from textual.css.query import NoMatches
+from textual.screen import ModalScreen, Screen
 
 from llm_moments.engine.errors import MomentsError
 
 from . import themes as theme_files
 from .render import visible
+from .screens.compare import CompareScreen
 from .screens.detail import LayerDetailScreen
 from .screens.diff import DiffScreen
 from .screens.help import HelpScreen
@@ -33,6 +38,7 @@ from .sources import Source
 from .state import ViewState
 from .widgets.heatmap import Heatmap
 from .widgets.layer_table import LayerTable
+from .wire import BackOff, set_colors
 
 
 class MomentsApp(App):
@@ -53,6 +59,7 @@ class MomentsApp(App):
         Binding("o", "outliers", "outliers"),
         Binding("d", "diff", "diff", show=False),
         Binding("w", "ranks", "ranks", show=False),
+        Binding("c", "compare", "compare", show=False),
         Binding("m", "toggle_heatmap", "heatmap", show=False),
         Binding("h", "heatmap_scale", "heat scale", show=False),
         Binding("v", "heatmap_values", "moments / gaps", show=False),
@@ -67,19 +74,32 @@ class MomentsApp(App):
         Binding("minus", "replay_speed(0.5)", show=False),
     ]
 
-    def __init__(self, source: Source, theme: str | None = None, refresh_hz: float = 12.0,
+    DRAIN_HZ = 10.0      # the source is drained and folded this often, whatever the refresh rate
+    SLOW_HZ = 4.0        # the step panel and heatmap (hundreds of cells) at most this often
+    REFRESH_HZ = 2.0     # numbers a person can read; --refresh
+    LEAN_REFRESH_HZ = 1.0
+
+    def __init__(self, source: Source, theme: str | None = None, refresh_hz: float | None = None,
                  screenshot_dir: str | Path = ".", clock: Callable[[], float] = time.time,
-                 compare: tuple[Any, str, str] | None = None):
+                 compare: tuple[Any, str, str] | None = None, lean: bool = False,
+                 monotonic: Callable[[], float] = time.monotonic):
         super().__init__()
         self.compare = compare  # (engine.diff.Diff, name of A, name of B) for replay --compare
         self.source = source
         self.state = ViewState(mode=source.mode, primary_rank=getattr(source, "primary_rank", None))
-        self.refresh_hz = refresh_hz
+        self.lean = lean
+        self.refresh_hz = refresh_hz or (self.LEAN_REFRESH_HZ if lean else self.REFRESH_HZ)
+        self.backoff = BackOff(self.refresh_hz)
+        if lean:  # very slow links: 16 colours (short colour codes), no animation
+            self.animation_level = "none"
+            set_colors(self.console, "standard")
         self.screenshot_dir = Path(screenshot_dir)
         self._clock = clock
+        self._monotonic = monotonic
         self._themes, self._theme_name, self._theme_warning = theme_files.resolve(theme)
         self._shown: tuple[int, Any] | None = None
-        self._slow_behind = False
+        self._slow_shown: tuple[int, Any] | None = None
+        self._drawn_at = self._slow_at = -1e9
         self.frames = 0
         self.main: MainScreen | None = None
 
@@ -90,20 +110,48 @@ class MomentsApp(App):
         self.theme = self._theme_name
         self.main = MainScreen()
         self.push_screen(self.main)
+        if getattr(self.source, "is_compare", False):   # `moments compare` opens on its compare screen
+            self.push_screen(CompareScreen())
         if self._theme_warning:
             self.notify(visible(self._theme_warning), severity="warning", timeout=8, markup=False)
         self.source.start()
         self.call_after_refresh(self.refresh_frame)
-        self._timer = self.set_interval(1 / self.refresh_hz, self.refresh_frame)
+        self._timer = self.set_interval(1 / max(self.DRAIN_HZ, self.refresh_hz), self._tick)
 
     def on_unmount(self) -> None:
         if self.main is not None:
             self.main.ready = False
         self.source.stop()
 
-    def refresh_frame(self) -> None:
-        """One frame: drain the source, fold, draw only if something changed."""
+    def _tick(self) -> None:
+        """The timer: fold what arrived; draw when a frame is due at the (backed-off) refresh rate."""
         self.state.apply(self.source.drain())
+        now = self._monotonic()
+        self._watch_terminal(now)   # a new rate is in the frame's key: the status line says it
+        if now - self._drawn_at >= 1 / self.backoff.hz - self._slack():
+            self._draw(now)
+        elif self._slow_shown != self._shown:
+            self._draw(now, slow_only=True)   # the slow panels skipped the last change: draw them when due
+
+    def refresh_frame(self) -> None:
+        """One frame now (a key, a test): drain the source, fold, draw whatever changed, slow panels too."""
+        self.state.apply(self.source.drain())
+        self._draw(self._monotonic(), force_slow=True)
+
+    def _slow_period(self) -> float:
+        """The step panel and heatmap: with every frame up to SLOW_HZ, every other frame when lean."""
+        return max(1 / self.SLOW_HZ, (2 if self.lean else 1) / self.backoff.hz)
+
+    def _watch_terminal(self, now: float) -> bool:
+        """Back off when the terminal cannot keep up with the writes (tui/wire.py); True on a change."""
+        driver = self._driver
+        meter = getattr(driver, "write_meter", None)
+        if meter is None:
+            return False
+        return self.backoff.update(meter.busy(now), getattr(driver, "queued_writes", lambda: 0)(), now)
+
+    def _draw(self, now: float, force_slow: bool = False, slow_only: bool = False) -> None:
+        """Draw only what changed since the last frame; the slow panels at their own rate."""
         note = self.source.note()
         if self.main is None or not self.main.ready:
             return
@@ -115,28 +163,51 @@ class MomentsApp(App):
                     self.screen.show(self.state, note)
                 except NoMatches:  # the screen is being torn down while a tick was due
                     return
+                self._drawn_at = now
                 self.frames += 1
             return
         # the layout (wide or not) changes on the screen's own resize event, which may come a tick later
-        key = (self.state.version, note, self.theme, self.size, self.main.wide)
-        frame = self.frames
-        if key == self._shown:
-            if not self._slow_behind:
-                return
-            frame = 0  # the step panel and heatmap skipped the last change (every 3rd frame): draw them now
-        self._shown = key
+        key = (self.state.version, note, self.theme, self.size, self.main.wide, self.backoff.hz)
+        slow = key != self._slow_shown and (force_slow or now - self._slow_at >= self._slow_period() - self._slack())
+        if (slow_only or key == self._shown) and not slow:
+            return
         frozen = self.state.paused and self.state.mode != "replay"
         try:
-            self.main.show(self.state, note, frozen, frame)
+            self.main.show(self.state, note, frozen, slow=slow, fast=not slow_only, backoff=self.backoff.note)
         except NoMatches:  # the screen is being torn down (quit) while a tick was due
             return
-        self._slow_behind = not frozen and bool(frame % self.main.SLOW_EVERY)
-        if isinstance(self.screen, (LayerDetailScreen, RooflineScreen, OutliersScreen)) and not frozen:
-            self.screen.show(self.state)
+        if slow:
+            self._slow_shown, self._slow_at = key, now
+        if not slow_only:
+            self._shown, self._drawn_at = key, now
+            if isinstance(self.screen, self._FOLLOWING) and not frozen:
+                self.screen.show(self.state)
         self.frames += 1
 
+    # screens over the main one that draw from the state on every frame
+    _FOLLOWING = (LayerDetailScreen, RooflineScreen, OutliersScreen, CompareScreen)
+
+    def _slack(self) -> float:
+        """A tick that comes a little early still counts: the timer runs at DRAIN_HZ, frames at refresh_hz."""
+        return 0.5 / max(self.DRAIN_HZ, self.refresh_hz)
+
+    @property
+    def _background_screens(self) -> list[Screen]:
+        """The screens that show through the top one. Textual counts the screen under the top one
+        even when the top one is opaque (detail, roofline, …): it then lays that screen out and
+        repaints, on the top screen, every region that changes below it, which is all of the main
+        screen's frames over SSH (issue #11). An opaque screen hides everything below it."""
+        try:
+            top = self.screen
+        except ScreenStackError:
+            return []
+        if not isinstance(top, ModalScreen) and top.styles.background.a == 1:
+            return []
+        return super()._background_screens
+
     def redraw(self) -> None:
-        self._shown = None
+        """A key changed what is shown: draw it now, from the newest state."""
+        self._shown = self._slow_shown = None
         self.refresh_frame()
 
     # -- actions ----------------------------------------------------------------------------------
@@ -164,6 +235,16 @@ class MomentsApp(App):
             self.notify("no comparison: start with `moments replay A.jsonl --compare B.jsonl`", severity="warning")
         elif not isinstance(self.screen, DiffScreen):
             self.push_screen(DiffScreen(*self.compare))
+
+    def action_compare(self) -> None:
+        if isinstance(self.screen, CompareScreen):
+            self.pop_screen()
+        elif getattr(self.source, "is_compare", False):
+            self.push_screen(CompareScreen())
+            self._shown = None
+        else:
+            self.notify("no compare here: `moments compare --variant 'A:' --variant 'B: OPTIONS'` runs one",
+                        severity="warning", timeout=4)
 
     def action_ranks(self) -> None:
         if isinstance(self.screen, RanksScreen):

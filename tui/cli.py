@@ -19,6 +19,7 @@ from llm_moments.engine.cli import (
     guarded,
     rate_hz,
 )
+from llm_moments.engine.cli.parser import REFRESH_RANGE_HZ, add_ui_options
 from llm_moments.engine.errors import MomentsError
 from llm_moments.engine.output.sanitize import visible
 
@@ -29,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     parser, sub = build_parser("moments", headless_only=False)
     run = sub.choices["run"]
     run.add_argument("--theme", default=None, help=THEME_HELP)
+    add_ui_options(run)
     rep = sub.add_parser("replay", help="play a recording in the live monitor, with pause, step and seek",
                          description="Play a recording in the monitor: space pauses, . steps, [ ] seek, + - speed.")
     rep.add_argument("file", metavar="FILE", help="a recording (.jsonl)")
@@ -36,22 +38,26 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--compare", default=None, metavar="B",
                      help="a second recording: `d` shows the layer-by-layer diff of FILE (A) against B")
     rep.add_argument("--theme", default=None, help=THEME_HELP)
+    add_ui_options(rep)
     wat = sub.add_parser("watch", help="follow a recording another process is writing",
                          description="Follow a recording that another process (a headless run, a script using "
                                      "engine.Monitor) is writing: catches up with what is there, then follows it.")
     wat.add_argument("file", metavar="FILE", help="a recording (.jsonl), or where one will appear")
     wat.add_argument("--theme", default=None, help=THEME_HELP)
+    sub.choices["compare"].add_argument("--theme", default=None, help=THEME_HELP)
+    add_ui_options(wat)
     return parser
 
 
-def _run_app(source: Any, theme: str | None, compare: Any = None) -> int:
+def _run_app(source: Any, theme: str | None, compare: Any = None, refresh_hz: float | None = None,
+             lean: bool = False) -> int:
     """Run the UI over ``source``. Exit status: 0; 130 when a signal (SIGTERM, SIGHUP, SIGINT) or a
     lost terminal ended it; 3 when a write error stopped the live recording (the session went on);
     1 when the session stopped on an error."""
     from .app import MomentsApp
     from .hangup import EXIT_INTERRUPTED, EXIT_RECORDING_LOST, HangupSafeDriver, SessionGuard, stop_source
 
-    app = MomentsApp(source, theme=theme, compare=compare)
+    app = MomentsApp(source, theme=theme, compare=compare, refresh_hz=refresh_hz, lean=lean)
     if sys.platform != "win32":
         app.driver_class = HangupSafeDriver
     # SIGTERM, SIGHUP or a terminal that went away without one end the session like q does (footer
@@ -97,6 +103,20 @@ def _check_theme(args: argparse.Namespace) -> None:
         raise MomentsError(str(exc)) from None
 
 
+def _check_ui(args: argparse.Namespace) -> None:
+    """``--refresh`` out of range: one line, exit 2, before anything loads."""
+    _check_theme(args)
+    hz = getattr(args, "refresh", None)
+    lo, hi = REFRESH_RANGE_HZ
+    if hz is not None and not (lo <= hz <= hi):   # NaN fails both
+        raise MomentsError(f"--refresh must be from {lo:g} to {hi:g} redraws per second, not {hz:g}")
+
+
+def _ui(args: argparse.Namespace) -> dict[str, Any]:
+    """The UI options as MomentsApp takes them."""
+    return {"refresh_hz": getattr(args, "refresh", None), "lean": bool(getattr(args, "lean", False))}
+
+
 def _precheck_live(args: argparse.Namespace) -> None:
     """What can fail before the screen opens fails here, as one line (the model loads in the engine
     process): the same checks as a headless run (engine.session.setup.check_run_options)."""
@@ -108,7 +128,7 @@ def _precheck_live(args: argparse.Namespace) -> None:
 
 
 def cmd_live(args: argparse.Namespace) -> int:
-    _check_theme(args)
+    _check_ui(args)
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         print("moments: no terminal here: running headless (use --headless to say so)", file=sys.stderr)
         return cmd_run_headless(args)
@@ -118,14 +138,14 @@ def cmd_live(args: argparse.Namespace) -> int:
     if world_size(args) > 1:   # --tp / --pp: N local ranks, all shown (engine/session/launch.py)
         from .rank_sources import RankLiveSource
 
-        return _run_app(RankLiveSource(args), args.theme)
+        return _run_app(RankLiveSource(args), args.theme, **_ui(args))
     from .sources import LiveSource
 
-    return _run_app(LiveSource(args), args.theme)
+    return _run_app(LiveSource(args), args.theme, **_ui(args))
 
 
 def cmd_headless(args: argparse.Namespace) -> int:
-    _check_theme(args)  # no screen to use it, but a bad --theme is a bad command line all the same
+    _check_ui(args)  # no screen to use them, but a bad --theme / --refresh is a bad command line all the same
     return cmd_run_headless(args)
 
 
@@ -133,7 +153,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from .sources import ReplaySource, check_speed
 
     check_speed(args.speed)
-    _check_theme(args)
+    _check_ui(args)
 
     from llm_moments.engine.core.rankfiles import find_ranks
 
@@ -151,7 +171,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         from llm_moments.engine.analysis.diff import compare as diff
 
         compare = (diff(source.rec, args.compare), args.file, args.compare)  # both streamed
-    return _run_app(source, args.theme, compare)
+    return _run_app(source, args.theme, compare, **_ui(args))
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -161,7 +181,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     from .sources import WatchSource
 
-    _check_theme(args)
+    _check_ui(args)
     if not args.file.strip():
         raise MomentsError("watch: the recording's path is empty")
     path = Path(args.file).expanduser()
@@ -171,7 +191,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if rs is not None:
         from .rank_sources import RankWatchSource
 
-        return _run_app(RankWatchSource(rs), args.theme)
+        return _run_app(RankWatchSource(rs), args.theme, **_ui(args))
     if path.is_dir():
         raise MomentsError(f"{path} is a directory, not a recording")
     if path.exists() and path.stat().st_size:
@@ -183,14 +203,20 @@ def cmd_watch(args: argparse.Namespace) -> int:
             except BadLine as exc:
                 what = "it is not text" if "UTF-8" in str(exc) else "line 1 is not JSON"
                 raise MomentsError(f"{path} is not a moments recording: {what}") from None
-    return _run_app(WatchSource(path), args.theme)
+    return _run_app(WatchSource(path), args.theme, **_ui(args))
 
 
 def _cmd_compare(args: Any) -> int:
-    """``moments compare``: headless for now (the engine's command; a live view is a later step)."""
+    """``moments compare``: the live compare screen on a terminal (tui/compare_live.py); with --headless
+    (or without a terminal) the engine's progress bar and table."""
     from llm_moments.engine.cli import cmd_compare
 
-    return cmd_compare(args)
+    _check_ui(args)   # a bad --theme / --refresh fails now, before a model loads
+    if args.headless:
+        return cmd_compare(args)
+    from .compare_live import cmd_compare_live
+
+    return cmd_compare_live(args, lambda source, theme: _run_app(source, theme, **_ui(args)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

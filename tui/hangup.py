@@ -11,6 +11,10 @@ Two things used to keep the UI alive after a hang-up, SIGTERM included:
   writer and a second input thread, which spins on the dead terminal (select: readable, read: b"").
   ``HangupSafeDriver`` restarts only after its own suspend.
 
+The driver also keeps the bytes down and watches the terminal keep up (issue #11, tui/wire.py): each
+write is compacted (no reset + the same style again), and the time the writer thread spends blocked
+on the terminal is metered, so the app can lower its frame rate on a link that cannot take it.
+
 ``SessionGuard`` ends the session the same way whatever the cause (SIGTERM, SIGHUP, a terminal that
 is gone without any signal: its ``tcgetattr`` fails): the engine is asked to stop at once from a
 thread of its own (footer ``interrupted``, recording closed), the app is asked to exit like ``q``,
@@ -30,16 +34,20 @@ from typing import Any
 
 from textual.drivers.linux_driver import LinuxDriver
 
+from .wire import WriteMeter, compact
+
 EXIT_INTERRUPTED = 130  # as the headless run's
 EXIT_RECORDING_LOST = 3  # as the headless run's: a write error stopped the recording
 
 
 class _TtyFile:
     """The driver's output file: a write or flush the terminal refuses marks it lost, and output is
-    dropped from then on, so Textual's writer thread keeps draining its queue."""
+    dropped from then on, so Textual's writer thread keeps draining its queue. The time each write
+    and flush blocks goes to ``meter``."""
 
-    def __init__(self, fh: Any, on_lost: Callable[[], None]):
+    def __init__(self, fh: Any, on_lost: Callable[[], None], meter: WriteMeter | None = None):
         self.fh, self.on_lost, self.lost = fh, on_lost, False
+        self.meter = meter or WriteMeter()
 
     def _lose(self) -> None:
         if not self.lost:
@@ -49,14 +57,14 @@ class _TtyFile:
     def write(self, text: str) -> None:
         if not self.lost:
             try:
-                self.fh.write(text)
+                self.meter.timed(lambda: self.fh.write(text), len(text))
             except (OSError, ValueError):
                 self._lose()
 
     def flush(self) -> None:
         if not self.lost:
             try:
-                self.fh.flush()
+                self.meter.timed(self.fh.flush)
             except (OSError, ValueError):
                 self._lose()
 
@@ -65,12 +73,22 @@ class _TtyFile:
 
 
 class HangupSafeDriver(LinuxDriver):
-    """Textual's Linux driver, with the two hang-up fixes above."""
+    """Textual's Linux driver, with the two hang-up fixes above, compact output and a write meter."""
 
     def __init__(self, app: Any, **kwargs: Any):
         super().__init__(app, **kwargs)
-        self._file = _TtyFile(self._file, self._terminal_lost)
+        self.write_meter = WriteMeter()
+        self._file = _TtyFile(self._file, self._terminal_lost, self.write_meter)
         self._suspended = False
+
+    def write(self, data: str) -> None:
+        super().write(compact(data))
+
+    def queued_writes(self) -> int:
+        """Frames waiting for the writer thread (Textual's queue holds 30, then the event loop blocks)."""
+        writer = getattr(self, "_writer_thread", None)
+        queue = getattr(writer, "_queue", None)
+        return queue.qsize() if queue is not None else 0
 
     def _terminal_lost(self) -> None:
         guard = getattr(self._app, "session_guard", None)

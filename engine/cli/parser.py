@@ -7,7 +7,7 @@ import argparse
 from typing import Any
 
 from llm_moments.engine import __version__
-from llm_moments.engine.session.setup import add_run_options
+from llm_moments.engine.session.setup import add_run_options, rate_hz
 
 EPILOG = """\
 A step is one forward of the model (a prefill, one decode token, or one encoder batch); a moment is
@@ -28,6 +28,22 @@ class OneLineParser(argparse.ArgumentParser):
         from llm_moments.engine.output.sanitize import visible
 
         self.exit(2, f"moments: error: {visible(message)} (see {self.prog} --help)\n")
+
+
+REFRESH_RANGE_HZ = (0.1, 20.0)
+
+
+def add_ui_options(p: argparse.ArgumentParser) -> None:
+    """The live screen's options (the UI reads them; a headless run has no screen and ignores them).
+    Only the parser is here: the engine never imports the UI."""
+    lo, hi = REFRESH_RANGE_HZ
+    p.add_argument("--refresh", type=rate_hz, default=None, metavar="HZ",
+                   help=f"redraws of the numbers per second, {lo:g} to {hi:g} (default 2; 1 with --lean); "
+                        "keys are answered at once whatever the rate, and the rate backs off by itself "
+                        "while the terminal cannot keep up")
+    p.add_argument("--lean", action="store_true",
+                   help="for very slow links: 16 colours, no animation, numbers once a second, step panel "
+                        "and heatmap every other frame")
 
 
 def build_parser(prog: str = "moments", headless_only: bool = True) -> tuple[argparse.ArgumentParser, Any]:
@@ -102,7 +118,11 @@ def _add_compare_parser(sub: Any) -> None:
                                       "sign-test interval at 95 % for all rows together, and a verdict beyond the "
                                       "--margin; what each variant costs in output and in memory.",
                           epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cmp_.add_argument("--headless", action="store_true", help="no UI (compare is headless for now)")
+    cmp_.add_argument("--headless", action="store_true",
+                      help="no UI: a progress bar, then the comparison (--format). Without it, on a terminal, "
+                           "`moments compare` opens the live monitor on its compare screen (c: compare / layers, "
+                           "v: the variant the layer table shows); `python -m llm_moments.engine` is headless")
     cmp_.add_argument("--format", default="text", choices=["text", "json"], help="summary format")
     add_run_options(cmp_)
     add_compare_options(cmp_)
+    add_ui_options(cmp_)   # the live compare screen's (tui/cli.py checks them)

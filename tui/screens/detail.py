@@ -34,6 +34,7 @@ from ..render import (
     visible,
 )
 from ..state import ViewState
+from ..widgets.quiet import QuietStatic
 
 
 class LayerDetailScreen(Screen):
@@ -64,16 +65,17 @@ class LayerDetailScreen(Screen):
         self._ops_asked = False
 
     def compose(self) -> ComposeResult:
-        yield Static(id="title")
+        # QuietStatic: a frame repaints only the lines that changed (issue #11: few bytes over SSH)
+        yield QuietStatic(id="title")
         with VerticalScroll():
-            yield Static(id="history", classes="box")
+            yield QuietStatic(id="history", classes="box")
             with Horizontal(id="row"):
-                yield Static(id="histogram", classes="box")
-                yield Static(id="numbers", classes="box")
-            yield Static(id="children", classes="box")
-            yield Static(id="ops", classes="box")
-            yield Static(id="slowest", classes="box")
-            yield Static(id="clockgraph", classes="box")
+                yield QuietStatic(id="histogram", classes="box")
+                yield QuietStatic(id="numbers", classes="box")
+            yield QuietStatic(id="children", classes="box")
+            yield QuietStatic(id="ops", classes="box")
+            yield QuietStatic(id="slowest", classes="box")
+            yield QuietStatic(id="clockgraph", classes="box")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -164,11 +166,11 @@ class LayerDetailScreen(Screen):
 
     def _clock_graph(self, state: ViewState, width: int) -> None:
         """The clock, or (``w``) the power drawn, over the newest samples: what the moments ran at."""
-        box = self.query_one("#clockgraph", Static)
+        box = self.query_one("#clockgraph", QuietStatic)
         gpu = any("sm_clock_mhz" in s for s in list(state.samples)[-4:])
         if self.graph == "power":
             values = state.clock_history("power_w", last=width)
-            box.border_title = "power (w: clock)"
+            box.set_title("power (w: clock)")
             if not values:
                 box.update("power not reported by this device (NVML power is GPU only)")
                 return
@@ -178,7 +180,7 @@ class LayerDetailScreen(Screen):
             return
         key = "sm_clock_mhz" if gpu else "clock_mhz"
         values = state.clock_history(key, last=width)
-        box.border_title = ("SM clock" if gpu else "clock") + " (w: power)"
+        box.set_title(("SM clock" if gpu else "clock") + " (w: power)")
         if not values:
             box.update("no clock samples")
             return
@@ -188,20 +190,26 @@ class LayerDetailScreen(Screen):
 
     @staticmethod
     def _ops(record: dict | None, usual_ms: float) -> Content | str:
-        """The newest ops record of this layer: op, calls, time, share of the layer; the mode's cost."""
+        """The newest ops record of this layer: op, calls, time, share of the layer, FLOPs and GFLOP/s
+        where the op has a FLOP formula ("—" where not: unknown, not zero); the mode's cost."""
         if not record:
             return "waiting for the operator times (ops mode starts with the next step)"
         from llm_moments.engine.core.ops import slowdown
 
+        from ..render import fmt3, si
+
         span = record.get("layer_ms")
         ops = [o for o in record.get("ops") or [] if isinstance(o, dict)]
-        lines = [f"{'operator':<28} {'calls':>6} {'ms':>9} {'share':>7}"]
+        lines = [f"{'operator':<28} {'calls':>6} {'ms':>9} {'share':>7} {'FLOPs':>9} {'GFLOP/s':>8}"]
         for o in ops[:20]:
             ms = o.get("ms")
-            ms = float(ms) if isinstance(ms, (int, float)) else math.nan
+            ms = float(ms) if isinstance(ms, (int, float)) and not isinstance(ms, bool) else math.nan
             share = ms / span if isinstance(span, (int, float)) and span > 0 else math.nan
+            flops = o.get("flops")
+            flops = float(flops) if isinstance(flops, (int, float)) and not isinstance(flops, bool) else math.nan
+            rate = flops / (ms * 1e6) if math.isfinite(flops) and ms > 0 else math.nan  # FLOP per ms → GFLOP/s
             lines.append(f"{visible(o.get('name'))[-28:]:<28} {visible(o.get('calls')):>6} {fmt_ms(ms):>9} "
-                         f"{share * 100 if math.isfinite(share) else 0:6.1f}%")
+                         f"{share * 100 if math.isfinite(share) else 0:6.1f}% {si(flops):>9} {fmt3(rate):>8}")
         if len(ops) > 20:
             lines.append(f"… {len(ops) - 20} more")
         total = sum(float(o["ms"]) for o in ops if isinstance(o.get("ms"), (int, float)))

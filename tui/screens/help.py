@@ -28,6 +28,8 @@ HELP = """\
                        the machine's roof (a: sub-layers too)
   o                    outlier moments: step, layer, time against its median, clock, throttle reasons
   d                    the diff of two recordings (moments replay A --compare B)
+  c                    moments compare: each variant's p50, ratio [interval], verdict per layer.  There:
+                       n step kind, l clock-normalized, v variant the table shows, ←/→ more, c / esc back
   w                    all ranks of a sharded session: per layer each rank's p50 / latest moment, skew,
                        culprit rank (slowest compute: moment − collective waits); a row per rank with its
                        clock and step p50 against the worst rank.  There: m heatmap layers × ranks,
@@ -35,6 +37,11 @@ HELP = """\
   t                    next theme (dark, light, high contrast)
   x                    save an SVG screenshot in the current folder
   ?                    this help;   q / ctrl+c   quit (the recording is closed properly)
+
+[b]Refresh[/b]  numbers redraw twice a second (--refresh HZ, 0.1 to 20), only the cells that changed;
+  keys are answered at once whatever the rate. --lean, for very slow links: 16 colours, no animation,
+  numbers once a second. When the terminal cannot keep up (a slow SSH link), the rate backs off by
+  itself and the status line says so, until it catches up.
 
 [b]Replay[/b]
   .  step one step (pauses)    [ ]  back / forward 10 steps    { }  100 steps

@@ -74,19 +74,22 @@ class MainScreen(Screen):
         if not self.wide:
             self.toggle_class("-heatmap-only")
 
-    SLOW_EVERY = 3  # the step panel and heatmap redraw every 3rd frame: they hold hundreds of cells
-
-    def show(self, state: ViewState, note: str | None, frozen: bool, frame: int = 0) -> None:
-        """Draw a frame. ``frozen`` (paused live view) keeps table and step views still."""
-        self.query_one(HeaderBar).show(state, note)
-        self.query_one(StatusLine).show(state)
-        clock = self.query_one("#clock" if self.wide else "#clock-small", ClockPanel)
-        clock.show(state)
+    def show(self, state: ViewState, note: str | None, frozen: bool, slow: bool = True, fast: bool = True,
+             backoff: str | None = None) -> None:
+        """Draw a frame: each widget repaints only the lines (table: cells) that changed. ``frozen``
+        (paused live view) keeps table and step views still; ``slow``: the step panel and heatmap too
+        (hundreds of cells: the app draws them at most SLOW_HZ); ``fast=False``: those two only."""
+        if fast:
+            self.query_one(HeaderBar).show(state, note)
+            self.query_one(StatusLine).show(state, backoff)
+            clock = self.query_one("#clock" if self.wide else "#clock-small", ClockPanel)
+            clock.show(state)
         if frozen:
             return
-        table = self.query_one(LayerTable)
-        table.set_view(state.layer_view(), state.sort_key, state.no_layer_timing)
-        if frame % self.SLOW_EVERY:
+        if fast:
+            table = self.query_one(LayerTable)
+            table.set_view(state.layer_view(), state.sort_key, state.no_layer_timing)
+        if not slow:
             return
         self.query_one("#steps" if self.wide else "#steps-small", StepPanel).show(state)
         heatmap_id = "#heatmap" if self.wide else "#bottom-heatmap"

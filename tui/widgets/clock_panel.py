@@ -7,25 +7,25 @@ nominal MHz of /proc/cpuinfo: no cycle counter on these machines).
 from __future__ import annotations
 
 from textual.content import Content
-from textual.widgets import Static
 
 from ..render import fmt_mhz, na, safe_markup, spark, visible
 from ..state import ViewState
+from .quiet import QuietStatic
 
 # Reasons that mean "slower than it could be"; gpu_idle is merely the GPU waiting for work.
 BENIGN_REASONS = {"gpu_idle"}
 
 
-class ClockPanel(Static):
+class ClockPanel(QuietStatic):
     DEFAULT_CSS = """
     ClockPanel { border: round $primary; border-title-color: $foreground; padding: 0 1; height: 100%; }
     """
 
     def on_mount(self) -> None:
-        self.border_title = "clock"
+        self.set_title("clock")
 
     def show(self, state: ViewState) -> None:
-        self.update(self.content(state, max(8, self.content_size.width)))
+        self.update(self.content(state, max(8, self.content_size.width)), layout=False)
 
     def content(self, state: ViewState, width: int) -> Content:
         h = state.header
@@ -38,7 +38,7 @@ class ClockPanel(Static):
         return self._cpu(state, latest, h, source, width)
 
     def _gpu(self, state: ViewState, s: dict, h: dict, width: int) -> Content:
-        self.border_title = "GPU clock (NVML)"
+        self.set_title("GPU clock (NVML)")
         info = h.get("clock", {})
         hist = state.clock_history("sm_clock_mhz", last=width)
         lo = min(hist) if hist else None
@@ -67,7 +67,7 @@ class ClockPanel(Static):
     def _cpu(self, state: ViewState, s: dict, h: dict, source: str, width: int) -> Content:
         label = {"cpu-nominal": "nominal, /proc/cpuinfo", "cpufreq": "cpufreq, measured",
                  "unavailable": "unknown"}.get(source, source)
-        self.border_title = f"CPU mode · clock {safe_markup(label)}"  # a border title reads markup
+        self.set_title(f"CPU mode · clock {safe_markup(label)}")  # a border title reads markup
         hist = state.clock_history("cpu_clock_mhz", last=width)
         load = state.clock_history("cpu_util_pct", last=width)
         return Content.assemble(

@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 
 from rich.text import Text
-from textual.widgets import Static
 
 from llm_moments.engine.core.overhead import estimate_pct, fmt_pct
 
 from ..render import fmt_ms, visible
 from ..state import ViewState
+from .quiet import QuietStatic
 
 
 def overhead_pct(state: ViewState) -> float | None:
@@ -37,13 +37,13 @@ def overhead_text(state: ViewState) -> str | None:
     return None if pct is None else f"monitor ≈ {fmt_pct(pct)} of a step"
 
 
-class HeaderBar(Static):
+class HeaderBar(QuietStatic):
     DEFAULT_CSS = """
     HeaderBar { height: 2; background: $panel; color: $foreground; padding: 0 1; }
     """
 
     def show(self, state: ViewState, note: str | None = None) -> None:
-        self.update(self.render_text(state, note))
+        self.update(self.render_text(state, note), layout=False)
 
     @staticmethod
     def state_word(state: ViewState) -> str:

@@ -1,7 +1,7 @@
 """Heatmap of layers × recent steps (colour = moment time): a slow layer is a bright row, a slow
 step a bright column. ``v`` shows the gaps instead: the time before each top-level layer since the
 previous one ended (launch gaps, Python between layers; steptable.layer_gaps). Line API: only
-visible rows are drawn."""
+visible rows are drawn, and a frame repaints only the lines that changed (QuietLines)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from textual.strip import Strip
 
 from ..render import visible
 from .heat import HeatView
+from .quiet import QuietLines
 
 NAME_W = 16
 
 
-class Heatmap(HeatView):
+class Heatmap(QuietLines, HeatView):
     DEFAULT_CSS = """
     Heatmap { border: round $primary; border-title-color: $foreground; background: $surface; overflow-x: hidden; }
     """
@@ -29,6 +30,7 @@ class Heatmap(HeatView):
         self.per_layer = False
         self.top_only = True
         self.values = "moments"   # or "gaps": ViewState.heatmap(last, values)
+        self._generation = 0      # bumps with every new matrix
 
     def on_mount(self) -> None:
         self._title()
@@ -36,7 +38,9 @@ class Heatmap(HeatView):
     def _title(self) -> None:
         scale = "each layer's own range" if self.per_layer else "log scale, all layers"
         what = "gap before each layer" if self.values == "gaps" else "layers × steps"
-        self.border_title = f"{what} ({scale})"
+        title = f"{what} ({scale})"
+        if title != self.border_title:   # each assignment repaints the whole widget
+            self.border_title = title
 
     def toggle_values(self) -> None:
         self.values = "gaps" if self.values == "moments" else "moments"
@@ -51,15 +55,20 @@ class Heatmap(HeatView):
         self.names = [visible(names[i]) for i in keep]  # drawn as Segments, written as they are
         m = matrix[keep] if matrix.size else np.zeros((len(keep), 0))
         self.levels = self._quantize(m)
+        self._generation += 1
         self.virtual_size = Size(self.size.width, len(self.names))
-        self.refresh()
+        self.repaint_changed()
 
-    def render_line(self, y: int) -> Strip:
+    def _line_key(self) -> tuple:
+        return (self._generation, int(self.scroll_offset.y), self.scrollable_content_region.width,
+                self._heat_styles())
+
+    def _line_cells(self, y: int) -> list[Segment]:
         width = self.scrollable_content_region.width
         base, missing, _, heat = self._heat_styles()
         row = int(self.scroll_offset.y) + y
         if row >= len(self.names):
-            return Strip.blank(width, base)
+            return [Segment(" " * width, base)]
         name = self.names[row]
         if len(name) > NAME_W - 1:
             name = "…" + name[-(NAME_W - 2):]
@@ -78,4 +87,4 @@ class Heatmap(HeatView):
                     segs.append(Segment("·" * len(run), missing))
                 else:
                     segs.append(Segment(" " * len(run), heat[level]))
-        return Strip(segs, width)
+        return list(Strip(segs, width).crop(0, width).extend_cell_length(width, base))

@@ -2,6 +2,8 @@
 
 Only the visible lines are rendered, from array snapshots taken once per frame (DataTable's
 per-cell updates would cost most of a core with hundreds of live rows: Textualize/textual#6457).
+A frame repaints only the span of each line whose cells changed since they were drawn, and a line is
+written as runs of one style (issue #11: Textual writes every repainted cell to the terminal).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from textual.strip import Strip
 from ..render import bar, fmt_cycles, fmt_ms, palette, spark, visible
 from ..state import LayerView
 from .keys import CURSOR_BINDINGS
+from .quiet import QuietLines
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ COLUMNS = [
 NAME_MIN = 16
 
 
-class LayerTable(ScrollView, can_focus=True):
+class LayerTable(QuietLines, ScrollView, can_focus=True):
     """Rows in the state's sort order; the cursor follows a layer, not a row position."""
 
     DEFAULT_CSS = """
@@ -76,13 +79,23 @@ class LayerTable(ScrollView, can_focus=True):
         self.no_timing = False
         self._columns: list[Column] = []
         self._name_width = NAME_MIN
+        self._generation = 0   # bumps with every new view
+        self._layout_width = -1
 
     # -- data -------------------------------------------------------------------------------------
     def set_view(self, view: LayerView | None, sort_key: str, no_timing: bool = False) -> None:
+        # the state hands back the same view until a step arrives or the sort changes: nothing to repaint
+        if view is not self.view or sort_key != self.sort_key or no_timing != self.no_timing:
+            self._generation += 1
         self.view, self.sort_key, self.no_timing = view, sort_key, no_timing
         rows = len(view.names) if view is not None else 0
         self.virtual_size = Size(self.size.width, rows + 1)
-        self.refresh()
+        self.repaint_changed()
+
+    def _line_key(self) -> tuple:
+        """What a line's cells depend on besides its position (QuietLines)."""
+        return (self._generation, self.cursor_layer, self.sort_key, self.no_timing, int(self.scroll_offset.y),
+                self.scrollable_content_region.width, self._styles())
 
     @property
     def cursor_row(self) -> int:
@@ -97,7 +110,7 @@ class LayerTable(ScrollView, can_focus=True):
         row = max(0, min(len(self.view.names) - 1, self.cursor_row + delta))
         self.cursor_layer = int(self.view.order[row])
         self.scroll_to_region(Region(0, row + 1, 1, 1), animate=False, force=True)
-        self.refresh()
+        self.repaint_changed()   # the two lines the cursor left and reached, at once
 
     def action_open(self) -> None:
         if self.view is not None:
@@ -105,6 +118,9 @@ class LayerTable(ScrollView, can_focus=True):
 
     # -- layout -----------------------------------------------------------------------------------
     def _layout(self, width: int) -> None:
+        if width == self._layout_width:
+            return   # asked for every line; the columns change only with the width
+        self._layout_width = width
         chosen = [c for c in COLUMNS if c.priority == 0]
         for prio in range(1, 5):
             extra = [c for c in COLUMNS if c.priority == prio]
@@ -132,7 +148,8 @@ class LayerTable(ScrollView, can_focus=True):
         return self._style_cache
 
     # -- rendering --------------------------------------------------------------------------------
-    def render_line(self, y: int) -> Strip:
+    def _line_cells(self, y: int) -> list[Segment]:
+        """Line ``y`` as one segment per cell (the diff compares them), exactly ``width`` wide."""
         width = self.scrollable_content_region.width
         self._layout(width)
         styles = self._styles()
@@ -142,11 +159,11 @@ class LayerTable(ScrollView, can_focus=True):
         view = self.view
         if view is None or row >= len(view.names):
             if view is None and y == 1:
-                return Strip([Segment("  waiting for the first step…".ljust(width), styles["muted"])], width)
-            return Strip.blank(width, styles["base"])
+                return [Segment("  waiting for the first step…".ljust(width)[:width], styles["muted"])]
+            return [Segment(" " * width, styles["base"])]
         return self._row_strip(int(view.order[row]), width, styles)
 
-    def _header_strip(self, width: int, styles: dict[str, Style]) -> Strip:
+    def _header_strip(self, width: int, styles: dict[str, Style]) -> list[Segment]:
         parts = []
         for col in self._columns[:1]:
             parts.append(" " * col.width)
@@ -155,9 +172,9 @@ class LayerTable(ScrollView, can_focus=True):
         for col in self._columns[1:]:
             t = col.title + ("▼" if col.key and col.key == self.sort_key else "")
             parts.append(t.rjust(col.width - 1) + " " if col.key else t.ljust(col.width))
-        return Strip([Segment("".join(parts).ljust(width)[:width], styles["head"])], width)
+        return [Segment("".join(parts).ljust(width)[:width], styles["head"])]
 
-    def _row_strip(self, i: int, width: int, styles: dict[str, Style]) -> Strip:
+    def _row_strip(self, i: int, width: int, styles: dict[str, Style]) -> list[Segment]:
         v = self.view
         assert v is not None
         selected = i == self.cursor_layer
@@ -175,7 +192,7 @@ class LayerTable(ScrollView, can_focus=True):
         for col in self._columns[1:]:
             text, style = self._cell(col, i, styles)
             segs.append(Segment(text, base + style if style and not selected else base))
-        return Strip(segs, width).crop(0, width).extend_cell_length(width, base)
+        return list(Strip(segs, width).crop(0, width).extend_cell_length(width, base))
 
     def _cell(self, col: Column, i: int, styles: dict[str, Style]) -> tuple[str, Style | None]:
         v = self.view
@@ -238,6 +255,7 @@ class LayerTable(ScrollView, can_focus=True):
         row = int(self.scroll_offset.y) + event.y - 1
         if 0 <= row < len(self.view.names):
             self.cursor_layer = int(self.view.order[row])
-            self.refresh()
+            self.repaint_changed()
             if event.chain >= 2:
                 self.post_message(self.Selected(self.cursor_layer))
+

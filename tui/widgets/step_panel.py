@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 from textual.content import Content
-from textual.widgets import Static
 
 from ..render import bar, fmt3, spark, visible
 from ..state import ViewState
+from .quiet import QuietStatic
 
 KIND_STYLE = {"prefill": "$accent", "decode": "$primary", "encode": "$primary"}
 
 
-class StepPanel(Static):
+class StepPanel(QuietStatic):
     DEFAULT_CSS = """
     StepPanel { border: round $primary; border-title-color: $foreground; padding: 0 1; height: 100%; }
     """
@@ -21,7 +21,8 @@ class StepPanel(Static):
         self.border_title = "steps"
 
     def show(self, state: ViewState) -> None:
-        self.update(self.content(state, max(10, self.content_size.width), max(3, self.content_size.height)))
+        self.update(self.content(state, max(10, self.content_size.width), max(3, self.content_size.height)),
+                    layout=False)
 
     def content(self, state: ViewState, width: int, height: int) -> Content:
         wall, kinds = state.step_history(last=width)
