@@ -253,7 +253,7 @@ def test_a_run_option_the_child_cannot_be_given_fails_loudly(monkeypatch):
 
     def with_a_list_option(p):
         real(p)
-        p.add_argument("--tag", action="append")
+        p.add_argument("--tag", nargs="+")   # several words per flag: not carried (append is)
 
     monkeypatch.setattr(setup, "add_run_options", with_a_list_option)
     with pytest.raises(TypeError, match="--tag"):

@@ -37,32 +37,15 @@ from llm_moments.engine.errors import MomentsError
 
 ANALYSIS_EVERY_ROUNDS = 2
 ANALYSIS_MAX_SHARE = 0.1     # of the session's time, at most, spent on the live statistics
-EXIT_RECORDING_LOST = 3
 
 
 def compare_options_argv(args: argparse.Namespace) -> list[str]:
     """The words that give back ``args``' compare options (``--variant`` repeated, ``--rounds``,
-    ``--margin``), derived from add_compare_options' own actions; ``--flag=value`` keeps a value that
-    starts with ``-`` or holds spaces (a variant's options) in one word."""
+    ``--margin``), derived from add_compare_options' own actions (setup.options_argv)."""
+    from llm_moments.engine.session.setup import options_argv
     from llm_moments.engine.session.variants import add_compare_options
 
-    probe = argparse.ArgumentParser(add_help=False)
-    add_compare_options(probe)
-    argv: list[str] = []
-    for action in probe._actions:  # argparse has no public list of a parser's actions
-        flag = next((o for o in action.option_strings if o.startswith("--")), None)
-        if flag is None or not hasattr(args, action.dest):
-            continue
-        value = getattr(args, action.dest)
-        if type(action) is argparse._AppendAction and action.nargs is None:
-            argv += [f"{flag}={v}" for v in value or ()]
-        elif type(action) is argparse._StoreAction and action.nargs is None:
-            if value is not None:
-                argv.append(f"{flag}={value}")
-        else:  # say so at once rather than drop the option on the way to the child
-            raise TypeError(f"compare option {flag}: {type(action).__name__} (nargs={action.nargs!r}) "
-                            "is not carried to the live engine; teach compare_options_argv about it")
-    return argv
+    return options_argv(args, add_compare_options, "compare")
 
 
 def compare_argv(args: argparse.Namespace) -> list[str]:
@@ -177,7 +160,7 @@ class _Analyst:
 
 def serve_compare(args: argparse.Namespace, stdin: Any = None) -> int:
     from llm_moments.engine.session.compare import CompareSession, check_compare_options
-    from llm_moments.engine.session.stream import Serving
+    from llm_moments.engine.session.stream import EXIT_RECORDING_LOST, Serving
 
     io = Serving(stdin)
     out, stop = io.out, io.stop

@@ -139,9 +139,17 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 def run_options_argv(args: argparse.Namespace) -> list[str]:
     """The command-line words that give back ``args``' run options when parsed by a parser that has
     ``add_run_options``: derived from that parser's own actions, so a new run option reaches the live
-    child without anyone listing it twice. ``--flag=value`` keeps a value that starts with ``-``."""
+    child without anyone listing it twice."""
+    return options_argv(args, add_run_options, "run")
+
+
+def options_argv(args: argparse.Namespace, add_options: Any, what: str) -> list[str]:
+    """The words that give back ``args``' options of the parser ``add_options`` builds, from its own
+    actions. ``--flag=value`` keeps a value that starts with ``-`` or holds spaces in one word; an
+    append option repeats its flag. An action of a kind not carried here is an error at once, rather
+    than an option silently dropped on the way to the child."""
     probe = argparse.ArgumentParser(add_help=False)
-    add_run_options(probe)
+    add_options(probe)
     argv: list[str] = []
     for action in probe._actions:  # argparse has no public list of a parser's actions
         flag = next((o for o in action.option_strings if o.startswith("--")), None)
@@ -155,9 +163,11 @@ def run_options_argv(args: argparse.Namespace) -> list[str]:
         elif type(action) is argparse._StoreAction and action.nargs is None:
             if value is not None:
                 argv.append(f"{flag}={value}")
-        else:  # say so at once rather than drop the option on the way to the child
-            raise TypeError(f"run option {flag}: {type(action).__name__} (nargs={action.nargs!r}) "
-                            "is not carried to the live engine; teach run_options_argv about it")
+        elif type(action) is argparse._AppendAction and action.nargs is None:
+            argv += [f"{flag}={v}" for v in value or ()]
+        else:
+            raise TypeError(f"{what} option {flag}: {type(action).__name__} (nargs={action.nargs!r}) "
+                            "is not carried to the live engine; teach options_argv about it")
     return argv
 
 
