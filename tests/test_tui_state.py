@@ -426,3 +426,28 @@ def test_layer_detail_after_a_reset_lines_up_with_the_new_steps():
     assert d["count"] == 2
     assert d["slowest"][0] == {"step": 3, "kind": "decode", "ms": 5.0, "clock_mhz": 1600.0,
                                "throttle": ["hw_slowdown"]}
+
+
+def test_one_slow_step_does_not_set_the_step_histograms_range():
+    """200 decode steps of about 10 ms and one 800 ms hiccup: the bins span the decode steps (p1–p99),
+    the hiccup is counted above them, not stretching the first bin over 199 steps."""
+    steps = [make_step(i) for i in range(201)]
+    rng = np.random.default_rng(3)
+    for st in steps[1:]:
+        st["kind"], st["wall_ms"] = "decode", float(10 + rng.normal(0, 0.3))
+    steps[100]["wall_ms"] = 800.0
+    d = state_with([make_header()] + steps).step_distribution(bins=8)
+    assert d["edges"][-1] < 20 and d["over"] >= 1        # the hiccup (and the prefill) above the bins
+    assert d["counts"].max() < 150                         # the decode steps spread over several bins
+    assert int(d["counts"].sum()) + d["under"] + d["over"] == 201
+
+
+def test_the_step_panel_shows_the_steps_above_its_bins():
+    from llm_moments.tui.widgets.step_panel import StepPanel
+
+    steps = [make_step(i) for i in range(201)]
+    for st in steps[1:]:
+        st["kind"], st["wall_ms"] = "decode", 10.0 + (st["index"] % 7) * 0.1
+    steps[100]["wall_ms"] = 800.0
+    text = StepPanel().content(state_with([make_header()] + steps), 50, 10).plain
+    assert re.search(r"> 10\.\d+ ms .* [1-9]", text), text

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from llm_moments.engine.analysis.scales import robust_histogram
 from llm_moments.engine.analysis.stats import KINDS, RollingStats
 from llm_moments.engine.analysis.steptable import StepTable
 from llm_moments.engine.core.work import header_coeffs
@@ -358,12 +359,16 @@ class ViewState:
         return a["wall_ms"], a["kind"]
 
     def step_distribution(self, bins: int = 12) -> dict[str, Any]:
-        """Histogram and moments of step times in the stats window, by kind and overall."""
+        """Histogram and moments of step times in the stats window, by kind and overall. The bins span
+        p1–p99 (log-spaced when prefill and decode are far apart), the steps below and above are counted
+        on their own (``under`` / ``over``), so one slow step does not squeeze the rest into one bin."""
         if not self.stats or not self.stats.n_steps:
-            return {"counts": np.zeros(0), "edges": np.zeros(0), "by_kind": {}}
+            return {"counts": np.zeros(0), "edges": np.zeros(0), "by_kind": {}, "under": 0, "over": 0,
+                    "log": False}
         a = self.stats.arrays(last=STATS_WINDOW_STEPS, fields=("wall_ms", "kind"))
         w, kinds = a["wall_ms"], a["kind"]
-        counts, edges = np.histogram(w, bins=bins)
+        h = robust_histogram(w, bins=bins)
+        counts, edges = h.counts, h.edges
         by_kind = {}
         for kind in KINDS:
             sel = kinds == kind
@@ -372,7 +377,8 @@ class ViewState:
                 p50, p90, p99 = np.percentile(x, [50, 90, 99])
                 by_kind[kind] = {"count": int(sel.sum()), "mean": float(x.mean()), "std": float(x.std()),
                                  "p50": float(p50), "p90": float(p90), "p99": float(p99)}
-        return {"counts": counts, "edges": edges, "by_kind": by_kind}
+        return {"counts": counts, "edges": edges, "by_kind": by_kind, "under": h.under, "over": h.over,
+                "log": h.log}
 
     def heatmap(self, last: int, values: str = "moments") -> np.ndarray:
         """[layers, steps] moments (``values="gaps"``: the gap before each top-level layer) of the

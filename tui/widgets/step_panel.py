@@ -45,20 +45,23 @@ class StepPanel(QuietStatic):
             extra = f" mean {fmt3(d['mean'])}±{fmt3(d['std'])}"
             parts.append(line + (extra if len(line) + len(extra) + 8 <= width else "") + "\n")
         counts, edges = dist["counts"], dist["edges"]
+        under, over = dist.get("under", 0), dist.get("over", 0)
+        # the steps outside p1–p99 get a row each, when there are any and room for a bin beside them
         rows = max(0, height - 1 - len(dist["by_kind"]))
+        tails = [t for t in (("under", under), ("over", over)) if t[1]] if rows > 2 else []
+        rows -= len(tails)
         if rows and counts.size:
             # Merge bins to fit the rows we have.
-            groups = np.array_split(np.arange(counts.size), min(rows, counts.size))
-            peak = max(int(counts.sum()), 1)
+            groups = [g for g in np.array_split(np.arange(counts.size), min(rows, counts.size)) if g.size]
             label_w = 15
             bar_w = max(4, width - label_w - 6)
-            top = max(int(counts[g].sum()) for g in groups if g.size) or 1
-            for g in groups:
-                if not g.size:
-                    continue
-                n = int(counts[g].sum())
-                label = f"{fmt3(edges[g[0]])}–{fmt3(edges[g[-1] + 1])} ms"
+            top = max([int(counts[g].sum()) for g in groups] + [n for _, n in tails]) or 1
+            rows_out = [(f"{fmt3(edges[g[0]])}–{fmt3(edges[g[-1] + 1])} ms", int(counts[g].sum())) for g in groups]
+            for side, n in tails:
+                label = f"< {fmt3(edges[0])} ms" if side == "under" else f"> {fmt3(edges[-1])} ms"
+                rows_out.insert(0 if side == "under" else len(rows_out), (label, n))
+            for label, n in rows_out:
                 parts.append(f"{label:>{label_w}} ")
                 parts.append((bar(n / top, bar_w), "$secondary"))
-                parts.append(f" {n}\n" if peak else "\n")
+                parts.append(f" {n}\n")
         return Content.assemble(*parts).rstrip()
