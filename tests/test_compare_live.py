@@ -26,6 +26,7 @@ from llm_moments.engine import cli
 from llm_moments.engine.analysis.compare import analyze_compare, from_scan
 from llm_moments.engine.analysis.scan import scan
 from llm_moments.engine.core.recording import load
+from llm_moments.engine.errors import MomentsError
 from llm_moments.engine.output.compare import render_compare_json
 from llm_moments.engine.session.compare_stream import compare_argv, parser
 from llm_moments.engine.session.setup import add_run_options
@@ -463,3 +464,50 @@ def test_the_child_analyses_every_few_rounds_within_its_cost_share(monkeypatch):
     assert analysed == [1, 3, 8, 9] and sent[-1]["final"] is True
     assert sent[-1]["analysis"]["variants"] == ["base", "bf16"] and sent[-1]["analysis"]["rounds"] == 9
     assert sent[0]["order"] == ["base", "bf16"] and sent[1]["order"] == ["bf16", "base"]
+
+
+def _small_session(listeners=()):
+    from llm_moments.engine.session.compare import CompareSession, check_compare_options
+    from llm_moments.engine.session.models import load_model
+
+    args = args_for("--rounds", "1", "--variant", "a:", "--variant", "b:")
+    texts, variants = check_compare_options(args)
+    loaded = load_model(args.model, args.device, args.dtype, args.trust_remote_code)
+    session = CompareSession(args, variants, loaded, texts, listeners=list(listeners))
+    session.warm_up()
+    session.start()
+    return session
+
+
+def test_a_recording_asked_for_after_the_end_is_refused_and_leaves_no_file(tmp_path):
+    """`r` between the session's end and the child's exit: one line, no header-only file left open."""
+    from llm_moments.engine.session.compare_stream import _Commands
+
+    session = _small_session()
+    session.run()
+    session.stop("completed")
+    late = tmp_path / "late.jsonl"
+    with pytest.raises(MomentsError, match="ended"):
+        _Commands(session).start_recording(str(late))
+    assert not late.exists()
+
+
+def test_a_recording_lost_on_its_header_is_never_announced_as_on(tmp_path):
+    """Disk full on the first write: the UI hears `recording_lost` and `path: None`, last."""
+    from llm_moments.engine.core.recording import Recorder, RecordingLost
+
+    told: list[dict] = []
+    session = _small_session([lambda r: told.append(r) if r.get("type") in ("recording", "status") else None])
+    try:
+        rec = Recorder(tmp_path / "x.jsonl")
+
+        def full(*a, **k):
+            raise RecordingLost(OSError(28, "No space left on device"), 0, rec.path)
+
+        rec.write = full
+        session.switch_recording(rec)
+        recs = [t for t in told if t["type"] == "recording"]
+        assert recs and recs[-1]["path"] is None, told
+        assert any(t.get("recording_lost") for t in told)
+    finally:
+        session.stop()

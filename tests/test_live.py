@@ -114,6 +114,20 @@ def test_record_stop_record_and_quit(live, tmp_path):
     assert lv.of_type("error") == []
 
 
+def test_record_while_loading_is_refused_and_the_ui_is_told_no_file_is_open(live, tmp_path):
+    """`r` while the model loads (a --compile warm-up takes minutes): a warning, and `recording: null`
+    so the UI does not show REC for a file nobody writes."""
+    path = tmp_path / "early.jsonl"
+    lv = live()
+    lv.wait(lambda rs: any(r.get("type") == "loading" for r in rs), why="the loading note")
+    lv.source.start_recording(str(path))
+    lv.wait(lambda rs: any(r.get("type") == "recording" and r.get("path") is None for r in rs),
+            why="recording: null")
+    assert any("not running yet" in str(r.get("message")) for r in lv.of_type("status"))
+    lv.source.stop(timeout_s=30, interrupted=True)
+    assert not path.exists()
+
+
 def test_an_engine_still_loading_leaves_at_once_when_the_ui_goes(live, tmp_path):
     """A hang-up while the model loads: nothing is recorded yet, so the child does not finish loading."""
     path = tmp_path / "early.jsonl"

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from llm_moments.engine.errors import MomentsError
 from llm_moments.engine.session.variants import (  # noqa: F401  (the command's entry points)
     ModelObject,
     Variant,
@@ -161,6 +162,7 @@ class CompareSession:
         self.default_threads: int | None = None
         self.statuses: list[str] = []
         self.recording_lost: str | None = None
+        self._stopped = False   # stop() ran: nothing more can be recorded
 
     # -- variants' settings between sides ---------------------------------------------------------
     def _apply(self, v: Variant) -> None:
@@ -393,13 +395,19 @@ class CompareSession:
         the rest of the session to ``recorder`` (None: none): the session's header first, then every
         record as a recording from the start has them (the live UI's r key: compare_stream.py)."""
         with self._lock:
+            if self._stopped and recorder is not None:   # the footer is out: a new file would stay open
+                recorder.close()   # (nothing written: the empty file goes)
+                raise MomentsError("the session has ended: nothing more to record")
             closed = self._close_recording()
             self.recorder = recorder
             if recorder is not None and self.header is not None:
                 self._to_file(self.header)
-        if closed or recorder is not None:
+            now = self.recorder   # None when writing the header lost the file (_to_file said so)
+        if now is not recorder:
+            return
+        if closed or now is not None:
             self._tell({"type": "recording", "t_ns": self._now_ns(),
-                        "path": str(recorder.path) if recorder is not None else None})
+                        "path": str(now.path) if now is not None else None})
 
     def _close_recording(self, reason: str = "completed", error: str | None = None,
                          t_ns: int | None = None) -> bool:
@@ -476,6 +484,7 @@ class CompareSession:
         if before_footer is not None:
             before_footer()
         with self._lock:
+            self._stopped = True
             if self.header is not None:  # what each variant costs in output (read back by report)
                 self._tell({"type": "compare_output", "t_ns": t_ns, "baseline": self.baseline,
                             "output": self.output})

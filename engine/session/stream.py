@@ -139,6 +139,8 @@ class Serving:
                 return
             if target is None:
                 out.put({"type": "status", "level": "warning", "message": "the session is not running yet"})
+                if name == "record":   # the UI marked itself recording on asking: say no file is open
+                    out.put({"type": "recording", "path": None})
                 continue
             try:
                 if name == "record":
