@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 from test_compare_live import VARIANTS, args_for, compare_record, compare_session, compare_steps
 from tui_fakes import plain, run, table_lines
@@ -26,7 +27,7 @@ from llm_moments.tui.compare_live import CompareLiveSource
 from llm_moments.tui.render import palette
 from llm_moments.tui.screens.compare import CompareScreen
 from llm_moments.tui.widgets.compare_summary import CompareSummary
-from llm_moments.tui.widgets.compare_table import CompareTable
+from llm_moments.tui.widgets.compare_table import HEAD_ROWS, RATIO_W, CompareTable, fmt_ratio
 from llm_moments.tui.widgets.header import HeaderBar
 from llm_moments.tui.widgets.layer_table import LayerTable
 
@@ -147,6 +148,95 @@ def test_the_main_table_receives_one_variant_only_and_says_which():
             table = "\n".join(table_lines(app.main.query_one(LayerTable)))
             assert "blocks.0" in table
     run(body())
+
+
+def _cursor_lines(table, cursor_style) -> list[tuple[int, str]]:
+    """The visible lines drawn in the cursor's colours, as (line, text)."""
+    out = []
+    for y in range(table.scrollable_content_region.height):
+        strip = table.render_line(y)
+        if any(seg.style is not None and seg.style.bgcolor == cursor_style.bgcolor for seg in strip):
+            out.append((y, strip.text))
+    return out
+
+
+async def _end_then_back_to_the_top(pilot, table, heading: int, name_of) -> None:
+    """``end``, then ``up`` row by row: after each key the cursor's row is drawn once, below the heading,
+    on screen; back at the top the view is scrolled back and the first row is the first line under it."""
+    height = table.scrollable_content_region.height
+    cursor = table._styles()["cursor"]
+    await pilot.press("end")
+    await pilot.pause()
+    rows = name_of(None)
+    assert rows + heading > height                 # the table scrolls at this size
+    for _ in range(rows + 2):                      # two more: up at the top stays there
+        (y, text), = _cursor_lines(table, cursor)
+        assert heading <= y < height
+        assert name_of(True) in text.split()[:2]    # the layer table has a mark column first
+        await pilot.press("up")
+        await pilot.pause()
+    assert int(table.scroll_offset.y) == 0
+    (y, text), = _cursor_lines(table, cursor)
+    assert y == heading and name_of(False) in text.split()[:2]
+
+
+def test_the_cursor_back_at_the_top_is_below_the_heading_not_under_it():
+    """A small terminal: the table scrolls; going back up shows the cursor's row every time (it was
+    scrolled to under the heading: a region one row off), in the compare table and the layer table."""
+    async def body():
+        app = app_for()
+        async with app.run_test(size=(80, 15)) as pilot:
+            await first_frame(pilot)
+            table = app.screen.query_one(CompareTable)
+            assert table.has_focus
+            await _end_then_back_to_the_top(
+                pilot, table, HEAD_ROWS,
+                lambda at: len(table.rows) if at is None else
+                (table.rows[table.cursor].name if at else "step"))
+        app = app_for()
+        async with app.run_test(size=(80, 19)) as pilot:
+            await first_frame(pilot)
+            await pilot.press("c")                  # the main screen
+            await pilot.pause()
+            app.refresh_frame()
+            await pilot.pause()
+            layers = app.main.query_one(LayerTable)
+            layers.focus()
+            await pilot.pause()
+            names = layers.view.names
+            await _end_then_back_to_the_top(
+                pilot, layers, 1,
+                lambda at: len(names) if at is None else
+                (names[layers.cursor_layer] if at else names[0]))
+    run(body())
+
+
+def test_ratios_of_10_and_more_keep_the_columns_in_place():
+    assert [fmt_ratio(r) for r in (0.8361, 9.9994, 9.9996, 12.345, 99.96, 123.4, 99999.4, 123456.0)] == \
+        ["0.836", "9.999", "10.0", "12.3", "100", "123", "99999", "1e+05"]
+    assert all(len(fmt_ratio(r)) <= RATIO_W - 1 for r in np.geomspace(1e-4, 1e9, 400))
+    records = compare_session()
+    analysis = next(r for r in records if r["type"] == "compare")["analysis"]
+    for by_kind in analysis["by_kind"].values():
+        cell = by_kind["layers"][1]["variants"]["bf16"]     # blocks.0, bf16: 12× slower
+        cell.update(ratio=12.345, ci_low=10.123, ci_high=12.345, verdict="slower")
+
+    async def body():
+        app = app_for(records)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await first_frame(pilot)
+            return _table_text(app.screen.query_one(CompareTable))
+
+    lines = run(body())
+    head = lines[1]
+    verdicts = [i for i in range(len(head)) if head.startswith("verdict", i)]
+    assert len(verdicts) == 3                                      # bf16, drop, compiled: with intervals
+    rows = {line.split()[0]: line for line in lines[2:] if line.strip()}
+    slow = rows["blocks.0"]
+    assert "12.3 " in slow and "[10.1–12.3]" in slow and len(slow) == len(head)
+    assert slow[verdicts[0]:].startswith("slower") and slow[verdicts[1]:].startswith("within-noise")
+    for name in ("step", "blocks.1"):
+        assert rows[name][verdicts[0]:].startswith("faster"), rows[name]
 
 
 HOSTILE = "[bold red]evil[/]"

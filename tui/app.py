@@ -153,8 +153,8 @@ class MomentsApp(App):
     def _draw(self, now: float, force_slow: bool = False, slow_only: bool = False) -> None:
         """Draw only what changed since the last frame; the slow panels at their own rate."""
         note = self.source.note()
-        if self.main is None or not self.main.ready:
-            return
+        if self.main is None or not self.main.ready or not self.screen_stack:
+            return   # not mounted yet, or a tick that came while the app shuts down (no screens left)
         if isinstance(self.screen, RanksScreen):   # the merged view alone: the main screen is hidden
             key = (self.state.version, note, self.theme, self.size, "ranks")
             if key != self._shown and self.screen.ready:

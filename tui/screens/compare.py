@@ -57,8 +57,8 @@ class CompareScreen(Screen):
         cs = self.compare_state
         self.query_one(CompareSummary).show(cs)
         self.query_one(CompareTable).set_state(cs)
-        if state is not None:
-            self.query_one(StatusLine).show(state)
+        if state is not None:   # "slow terminal" here too when the app backs off (tui/wire.py)
+            self.query_one(StatusLine).show(state, backoff=self.app.backoff.note)
 
     def _redraw(self) -> None:
         self.show(getattr(self.app, "state", None))

@@ -1,25 +1,33 @@
 """Above the compare table: the rounds (done / total, which round the ratios are from), what the
 table shows and the keys that change it, the running round's order, then one line per
 variant: its options, steps, memory, per-layer timing and notes, and its output against the
-baseline's. Every label, option, note and name is drawn through ``visible`` (never markup)."""
+baseline's. Every label, option, note and name is drawn through ``visible`` (never markup).
+
+A QuietStatic (issue #11): a frame repaints only the lines that changed (a round, a variant's steps),
+not the panel; its height is laid out again only when its number of lines changes."""
 
 from __future__ import annotations
 
 from rich.text import Text
-from textual.widgets import Static
 
 from ..compare_state import CompareState
 from ..render import visible
+from .quiet import QuietStatic
 
 
-class CompareSummary(Static):
+class CompareSummary(QuietStatic):
     DEFAULT_CSS = """
     CompareSummary { height: auto; max-height: 20; background: $panel; padding: 0 1;
                      text-wrap: nowrap; text-overflow: ellipsis; }
     """
 
+    _lines = 0   # lines of the content shown: the height (auto) changes only with them
+
     def show(self, state: CompareState | None) -> None:
-        self.update(self.render_text(state))
+        text = self.render_text(state)
+        lines = text.plain.count("\n") + 1
+        layout, self._lines = lines != self._lines, lines
+        self.update(text, layout=layout)
 
     @staticmethod
     def render_text(state: CompareState | None) -> Text:

@@ -109,7 +109,7 @@ class LayerTable(QuietLines, ScrollView, can_focus=True):
             return
         row = max(0, min(len(self.view.names) - 1, self.cursor_row + delta))
         self.cursor_layer = int(self.view.order[row])
-        self.scroll_to_region(Region(0, row + 1, 1, 1), animate=False, force=True)
+        self.scroll_to_region(Region(0, row, 1, 2), animate=False, force=True)   # the heading + the row
         self.repaint_changed()   # the two lines the cursor left and reached, at once
 
     def action_open(self) -> None:

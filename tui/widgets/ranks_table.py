@@ -47,7 +47,7 @@ class RankTable(ScrollView, can_focus=True):
         if self.view is None:
             return
         self.cursor = max(0, min(len(self.view.names) - 1, self.cursor + delta))
-        self.scroll_to_region(Region(0, self.cursor + 1, 1, 1), animate=False, force=True)
+        self.scroll_to_region(Region(0, self.cursor, 1, 2), animate=False, force=True)   # the heading + the row
         self.refresh()
 
     def _styles(self) -> dict[str, Style]:
