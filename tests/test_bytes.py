@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import collections
 import importlib.util
 import sys
 import time
@@ -310,6 +311,72 @@ def test_a_quiet_static_repaints_only_the_lines_that_changed(monkeypatch):
     run(body())
 
 
+def test_the_compare_screen_repaints_only_what_changed_and_says_slow_terminal(monkeypatch):
+    """The compare screen of a live compare (fake records): a frame where only the steps counted moved
+    repaints the summary's lines of those counts and nothing of the table; the cursor, its two rows; a new
+    analysis, the cells that changed; a backed-off app says "slow terminal" on this screen's status line."""
+    import copy
+
+    from test_compare_live import compare_steps
+    from test_tui_compare import app_for, first_frame
+
+    from llm_moments.tui.widgets.compare_summary import CompareSummary
+    from llm_moments.tui.widgets.compare_table import CompareTable
+
+    summary_calls: list[tuple] = []
+    textual_refresh = Static.refresh
+
+    def refresh(self, *regions, **kwargs):   # what QuietStatic asks of Textual
+        if isinstance(self, CompareSummary):
+            summary_calls.append(regions)
+        return textual_refresh(self, *regions, **kwargs)
+
+    monkeypatch.setattr(Static, "refresh", refresh)
+
+    async def body():
+        app = app_for()
+        async with app.run_test(size=(160, 48)) as pilot:
+            app._timer.pause()                   # the test draws the frames
+            await first_frame(pilot)
+            screen = app.screen
+            table, summary = screen.query_one(CompareTable), screen.query_one(CompareSummary)
+            assert isinstance(summary, QuietStatic)
+            table_calls = spy_refreshes(table)
+            summary_calls.clear()
+            screen.show(app.state)               # the same figures: nothing at all
+            assert table_calls == [] and summary_calls == []
+            for more in range(2):                # one more round: each variant's steps, twice
+                summary_calls.clear()            # (the first after the layout sets what is compared)
+                for k, step in enumerate(compare_steps(rounds=1)):
+                    app.source._put(dict(step, index=2000 + 10 * more + k))
+                await first_frame(pilot)
+            lines = plain(summary).split("\n")
+            moved = sorted({r.y for call in summary_calls for r in call})
+            assert summary_calls and all(call for call in summary_calls)          # never the whole panel
+            assert moved == [y for y, line in enumerate(lines) if " steps" in line and y >= 2]
+            assert table_calls == []                                               # same analysis
+            await pilot.press("down")
+            assert sorted(r.y for call in table_calls for r in call) == [2, 3]   # the rows the cursor left and reached
+            await pilot.pause()
+            table_calls.clear()
+            record = copy.deepcopy(next(r for r in app_for().source.records if r["type"] == "compare"))
+            analysis = record["analysis"]
+            analysis["by_kind"][analysis["kind"]]["layers"][1]["variants"]["bf16"]["p50_ms"] = 0.987
+            app.source._put(record)              # a new analysis: one figure of blocks.0 moved
+            await first_frame(pilot)
+            regions = [r for call in table_calls for r in call]
+            assert [r.y for r in regions] == [4] and regions[0].x > 0 and regions[0].width <= 9   # under step, embed
+            assert "0.9870" in table.render_line(4).text
+            assert "slow terminal" not in plain(screen.query_one(StatusLine))
+            app.backoff.hz = app.backoff.hz / 2  # backed off: the frame's key changes, the screen says so
+            await first_frame(pilot)
+            note = app.backoff.note
+            return note, plain(screen.query_one(StatusLine))
+
+    note, status = run(body())
+    assert note and status == f"slow terminal · {note}"
+
+
 # -- backing off a terminal that cannot keep up ---------------------------------------------------------
 
 
@@ -335,17 +402,99 @@ class SlowTerminal:
         pass
 
 
-def test_back_off_retries_a_rate_that_was_too_fast_only_after_a_long_calm():
-    b = BackOff(2.0, hold_s=2.0, calm_s=5.0, retry_s=30.0)
-    assert b.update(0.9, 0, now=0.0) and b.hz == 1.0      # 2/s was too fast
-    assert b.update(0.9, 0, now=2.0) and b.hz == 0.5      # 2/s's backlog: 1/s had no fair trial
-    assert b.update(0.0, 0, now=3.0) is False
-    assert b.update(0.0, 0, now=8.0) and b.hz == 1.0      # so it is tried again after calm_s
-    assert b.update(0.9, 0, now=14.0) and b.hz == 0.5     # 1/s was too fast after a fair trial
-    assert b.update(0.0, 0, now=15.0) is False
-    assert b.update(0.0, 0, now=21.0) is False and b.hz == 0.5  # not again after calm_s
-    assert b.update(0.0, 0, now=45.0) and b.hz == 1.0     # after retry_s
-    assert b.update(0.0, 0, now=50.0) and b.hz == 2.0     # it kept up: the next step at calm_s
+def feed(b: BackOff, busy: float, queued: int, t0: float, t1: float, tick: float = 0.1) -> list[tuple[float, float]]:
+    """The meter's readings ``busy``, ``queued`` every tick from ``t0`` to before ``t1`` (fake time), as the
+    app's timer gives them; the changes of rate, as (time, new rate)."""
+    changes = []
+    for i in range(round((t1 - t0) / tick)):
+        now = round(t0 + i * tick, 6)
+        if b.update(busy, queued, now):
+            changes.append((now, b.hz))
+    return changes
+
+
+class Link:
+    """A link that takes ``frames_per_s`` frames a second, in fake time: each frame at the back-off's rate
+    blocks the writer for 1 / frames_per_s once the frames before it are written; every tick the back-off
+    reads the share of the last 2 s the writer was blocked (the write meter) and the frames still waiting."""
+
+    def __init__(self, backoff: BackOff, frames_per_s: float, tick: float = 0.1):
+        self.b, self.frames_per_s, self.tick = backoff, frames_per_s, tick
+        self.spans: collections.deque[tuple[float, float]] = collections.deque()   # each frame's write
+        self.k, self.free_at, self.next_frame = 0, 0.0, 0.0
+        self.changes: list[tuple[float, float]] = []
+
+    def run(self, until: float) -> Link:
+        while self.k * self.tick < until - 1e-9:
+            now = round(self.k * self.tick, 6)
+            while self.spans and self.spans[0][1] <= now - 2.0:
+                self.spans.popleft()
+            busy = sum(min(e, now) - max(s, now - 2.0) for s, e in self.spans if s < now) / 2.0
+            if self.b.update(busy, sum(s > now for s, _ in self.spans), now):
+                self.changes.append((now, self.b.hz))
+            if now >= self.next_frame - 1e-9:
+                start = max(now, self.free_at)
+                self.free_at = start + 1 / self.frames_per_s
+                self.spans.append((start, self.free_at))
+                self.next_frame = now + 1 / self.b.hz
+            self.k += 1
+        return self
+
+
+@pytest.mark.parametrize("frames_per_s, settled_hz", [(0.6, 0.25), (1.2, 0.5), (3.0, 1.0), (10.0, 2.0)])
+def test_back_off_settles_at_the_fastest_rate_the_link_takes_under_half_busy(frames_per_s, settled_hz):
+    link = Link(BackOff(2.0), frames_per_s).run(300.0)
+    assert link.b.hz == settled_hz      # 1.2 frames/s: 0.5 Hz is 42 % busy (it used to end at 0.25 Hz)
+    assert all(t < 20.0 for t, _ in link.changes)                  # settled, no trying up and down
+    if settled_hz < 2.0:
+        assert link.changes[0][0] < 2.0                            # backs off at once
+
+
+def test_back_off_halves_while_writes_block_but_not_again_on_the_faster_rates_backlog():
+    b = BackOff(2.0)
+    assert feed(b, 0.1, 0, 0.0, 1.0) == [] and b.note is None
+    assert feed(b, 0.8, 0, 1.0, 1.3) == [(1.2, 1.0)]     # blocked 80 % over most of a frame period: halved
+    # 1/s: the writer works off what 2/s left first, blocked all the time; the old rule (hold_s) halved
+    # again at 3.2 s, on 2/s's writes
+    assert feed(b, 1.0, 0, 1.3, 3.2) == []
+    # idle at some point by 3.2 s: the window holds 1/s's writes alone from 5.2 s, a period of them at 6.2 s
+    assert feed(b, 0.6, 0, 3.2, 7.0) == [(6.2, 0.5)]
+    assert "every 2 s instead of 500 ms (writes blocked 60 % " in b.note
+    # frames pile up (Textual's queue) beyond what was there at the change: halved, a window and a period on
+    assert feed(b, 1.0, 12, 7.0, 11.0) == [(10.2, 0.25)]
+    assert "every 4 s instead of 500 ms (writes blocked 100 % " in b.note
+    assert feed(b, 1.0, 12, 11.0, 30.0) == [] and b.hz == 0.25    # never below min_hz
+
+
+def test_back_off_halves_a_rate_whose_backlog_does_not_go_down_and_steps_up_to_a_rate_that_fits():
+    b = BackOff(2.0)
+    # blocked without a break: 2/s was too fast; the others never catch up within calm_s (+ window, period)
+    assert feed(b, 1.0, 0, 0.0, 40.0) == [(0.0, 1.0), (8.0, 0.5), (17.0, 0.25)]
+    assert feed(b, 0.2, 0, 40.0, 60.0) == []      # 20 % at 0.25 Hz: 0.5 Hz would be 40 %, over 0.7 × 50 %
+    changes = feed(b, 0.1, 0, 60.0, 62.0)         # 0.5 Hz would be 20 %: there once a 4 s period shows it
+    assert [hz for _, hz in changes] == [0.5] and changes[0][0] <= 61.0
+    assert feed(b, 0.2, 0, 62.0, 100.0) == []     # 1/s would be 40 %
+    changes = feed(b, 0.05, 0, 100.0, 102.0)      # 1/s would be 10 %
+    assert [hz for _, hz in changes] == [1.0] and changes[0][0] <= 101.0
+    # 2/s would be 10 % too, but 2/s was too fast: tried again 30 s after the rate below was reached
+    assert feed(b, 0.05, 0, 102.0, changes[0][0] + 30) == []
+    assert [hz for _, hz in feed(b, 0.05, 0, changes[0][0] + 30, changes[0][0] + 31)] == [2.0]
+    assert b.note is None
+
+
+def test_back_off_retries_a_rate_that_was_too_fast_only_after_30_s_doubled_while_it_fails():
+    b = BackOff(2.0)
+    assert feed(b, 0.8, 0, 0.0, 1.0) == [(0.0, 1.0)]          # 2/s was too fast
+    assert feed(b, 0.1, 0, 0.1, 30.0) == []                    # 2/s would be 20 % busy: not before 30 s
+    assert feed(b, 0.1, 0, 30.0, 30.1) == [(30.0, 2.0)]
+    # too fast again (caught up by 31.6 s, judged a window and a period on): tried again after 60 s
+    assert feed(b, 0.77, 0, 30.1, 35.0) == [(34.1, 1.0)]
+    assert feed(b, 0.1, 0, 35.0, 94.1) == []
+    assert feed(b, 0.1, 0, 94.1, 94.2) == [(94.1, 2.0)]
+    assert feed(b, 0.3, 0, 94.2, 130.0) == []                  # it keeps up for 30 s: forgotten
+    assert feed(b, 0.8, 0, 130.0, 131.0) == [(130.2, 1.0)]    # the link got slower: 30 s again
+    assert feed(b, 0.1, 0, 131.0, 160.2) == []
+    assert feed(b, 0.1, 0, 160.2, 160.3) == [(160.2, 2.0)]
 
 
 def test_the_write_meter_measures_how_long_the_terminal_blocks():
@@ -371,25 +520,6 @@ def test_the_write_meter_measures_how_long_the_terminal_blocks():
     seen: list[float] = []
     _TtyFile(Stuck(), on_lost=lambda: None, meter=meter).write("frame")
     assert seen == [pytest.approx(0.75)]
-
-
-def test_back_off_halves_the_rate_while_writes_block_and_comes_back_when_they_stop():
-    b = BackOff(2.0, hold_s=2.0, calm_s=5.0, retry_s=5.0)
-    assert not b.update(0.1, 0, now=0.0) and b.hz == 2.0 and b.note is None
-    assert b.update(0.8, 0, now=1.0) and b.hz == 1.0                     # blocked 80 %: halved
-    assert not b.update(0.9, 0, now=2.0) and b.hz == 1.0                 # not twice within hold_s
-    assert b.update(0.9, 0, now=3.0) and b.hz == 0.5
-    assert b.update(0.0, 12, now=5.0) and b.hz == 0.25                   # writes queue up: the same
-    assert not b.update(0.9, 0, now=8.0) and b.hz == 0.25                # never below min_hz
-    assert "every 4 s instead of 500 ms (writes blocked 0 % " in b.note   # what made the change: queued writes
-    assert not b.update(0.05, 0, now=9.0)                                # calm, but not for long enough
-    assert b.update(0.05, 0, now=14.0) and b.hz == 0.5
-    assert not b.update(0.5, 0, now=15.0) and b.hz == 0.5                # neither slow nor calm
-    assert not b.update(0.0, 0, now=16.0)                                # calm again from here
-    assert b.update(0.0, 0, now=21.0) and b.hz == 1.0
-    assert not b.update(0.0, 0, now=25.0) and b.hz == 1.0                # a step per calm_s
-    assert b.update(0.0, 0, now=26.0) and b.hz == 2.0 and b.note is None
-    assert not b.update(0.0, 0, now=40.0) and b.hz == 2.0                # never above the asked-for rate
 
 
 def test_the_app_backs_off_on_a_slow_terminal_says_so_and_recovers():

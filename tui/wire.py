@@ -14,6 +14,7 @@ live screen over SSH).
 from __future__ import annotations
 
 import collections
+import math
 import re
 import threading
 import time
@@ -101,50 +102,100 @@ class WriteMeter:
 
 
 class BackOff:
-    """The frame rate the terminal can take. Halved (down to ``min_hz``) while the writer is blocked
-    more than ``slow_busy`` of the time or writes queue up, at most once per ``hold_s``; doubled back
-    towards the asked-for rate after ``calm_s`` with the writer idle below ``calm_busy`` — after
-    ``retry_s`` for a rate that was too fast the last time, so that a link that takes 1 frame/s is
-    not pushed to 2 and backed off again every few seconds."""
+    """The frame rate the terminal can take: the asked-for rate halved ``step`` times (not below
+    ``min_hz``), judged by the write meter's busy share read every tick (``window_s``: the meter's window).
 
-    def __init__(self, hz: float, min_hz: float = 0.25, slow_busy: float = 0.5, calm_busy: float = 0.15,
-                 queued_max: int = 4, hold_s: float = 2.0, calm_s: float = 5.0, retry_s: float = 30.0):
-        self.normal_hz, self.hz, self.min_hz = hz, hz, min(min_hz, hz)
-        self.slow_busy, self.calm_busy, self.queued_max = slow_busy, calm_busy, queued_max
-        self.hold_s, self.calm_s, self.retry_s = hold_s, calm_s, retry_s
-        self._too_fast_hz = float("inf")   # the lowest rate the terminal did not keep up with
+    A rate is judged on its own writes only. After a change the writer first works off what the old rate
+    left (blocked all the time meanwhile), so a rate is judged once the writer has caught up (been idle
+    at some point since the change) and the meter's window has moved past that point.
+
+    - Down: halved when the busy share, averaged over a frame period, is over ``slow_busy``, or when
+      more than ``queued_max`` frames wait and no fewer than at the change: such a rate was too fast.
+      Halved too when the writer has not caught up for ``calm_s`` (plus the window and a period) after
+      the change: the backlog goes down too slowly, whichever rate it comes from (not held against
+      the rate, then).
+    - Up: doubled towards the asked-for rate when the busy share measured at this rate, scaled to the
+      doubled rate, is under ``fit`` × ``slow_busy`` (room to spare) with nothing queued, measured over
+      whole frame periods that, with the window, cover at least ``calm_s`` of this rate's writes.
+    - A rate that was too fast is tried again only after ``retry_s`` at the rate below it, twice that
+      after a second failure, and so on up to ``retry_max_s``; forgotten once it keeps up for
+      ``retry_s``. A pty or an SSH channel buffers tens of KiB, which hides a link's load until the rate
+      exceeds the link: the busy share reads 0 below that, and each try of a rate too fast costs seconds
+      of backlog."""
+
+    def __init__(self, hz: float, min_hz: float = 0.25, slow_busy: float = 0.5, fit: float = 0.7,
+                 queued_max: int = 4, window_s: float = 2.0, calm_s: float = 5.0, retry_s: float = 30.0,
+                 retry_max_s: float = 240.0):
+        self.normal_hz, self.min_hz = hz, min(min_hz, hz)
+        self.slow_busy, self.fit, self.queued_max = slow_busy, fit, queued_max
+        self.window_s, self.calm_s, self.retry_s, self.retry_max_s = window_s, calm_s, retry_s, retry_max_s
+        self.step = 0                      # hz = normal_hz / 2 ** step, min_hz at the least
+        self._failed: dict[int, int] = {}  # step → times in a row its rate was too fast
         self._changed_at: float | None = None
-        self._calm_since: float | None = None
+        self._queued_then = 0              # frames waiting at the last change
+        self._caught_up_at: float | None = float("-inf")   # the writer first seen idle after the last change
+        self._seen: collections.deque[tuple[float, float, int]] = collections.deque()   # (now, busy, queued)
         self.busy = 0.0            # the newest observation
-        self._busy_said = 0.0      # the one that made the last change: the note stays put between changes
+        self._busy_said = 0.0      # the one that made the last halving: the note stays put meanwhile
+
+    @property
+    def hz(self) -> float:
+        return max(self.min_hz, self.normal_hz / 2 ** self.step)
+
+    @hz.setter
+    def hz(self, value: float) -> None:
+        """A rate set from outside (a test): the nearest one the halving goes through."""
+        last = math.ceil(math.log2(self.normal_hz / self.min_hz) - 1e-9)   # the step at min_hz
+        self.step = min(last, max(0, round(math.log2(self.normal_hz / value))))
+
+    def _mean(self, now: float, span: float) -> tuple[float, int]:
+        """The mean busy share of the observations in the last ``span`` s, and the most frames queued."""
+        recent = [(b, q) for t, b, q in self._seen if t > now - span + 1e-6]
+        return sum(b for b, _ in recent) / len(recent), max(q for _, q in recent)
+
+    def _change(self, step: int, now: float, queued: int, busy_said: float | None = None) -> bool:
+        """``busy_said``: what made a halving; a step up keeps the note's number (what it still backs off from)."""
+        self.step = step
+        if busy_said is not None:
+            self._busy_said = busy_said
+        self._changed_at, self._queued_then, self._caught_up_at = now, queued, None
+        return True
 
     def update(self, busy: float, queued: int, now: float) -> bool:
         """One observation; True when the rate changed."""
         self.busy = busy
-        since = now - self._changed_at if self._changed_at is not None else float("inf")
-        if busy > self.slow_busy or queued > self.queued_max:
-            self._calm_since = None
-            if self.hz > self.min_hz and since >= self.hold_s:
-                if since >= self.calm_s:   # a fair trial; sooner, it is the backlog of the faster rate
-                    self._too_fast_hz = min(self._too_fast_hz, self.hz)
-                self.hz = max(self.min_hz, self.hz / 2)
-                self._changed_at, self._busy_said = now, busy
-                return True
+        self._seen.append((now, busy, queued))
+        while self._seen[0][0] < now - self.window_s - self.calm_s - 1 / self.min_hz:
+            self._seen.popleft()
+        # (+ 1e-6: a tick a hair early counts)
+        since = now - self._changed_at + 1e-6 if self._changed_at is not None else float("inf")
+        if self._caught_up_at is None and busy * self.window_s < min(since, self.window_s) - 1e-6:
+            self._caught_up_at = now       # blocked less than all the time since the change: idle at some point
+        period = 1 / self.hz
+        # how long the meter's window has held this rate's writes alone
+        clean = now - self._caught_up_at - self.window_s + 1e-6 if self._caught_up_at is not None else -1.0
+        if clean >= period and since >= self.retry_s:
+            self._failed.pop(self.step, None)   # it keeps up now
+        lower = self.hz > self.min_hz
+        measured = self._mean(now, period)[0] if clean >= period else busy
+        if lower and ((clean >= period and measured > self.slow_busy) or
+                      (since >= self.window_s + period and queued > max(self.queued_max, self._queued_then))):
+            self._failed[self.step] = self._failed.get(self.step, 0) + 1
+            return self._change(self.step + 1, now, queued, measured)
+        if lower and self._caught_up_at is None and since >= self.window_s + period + self.calm_s:
+            return self._change(self.step + 1, now, queued, busy)   # the backlog does not go down
+        if self.step == 0:
             return False
-        if self.hz >= self.normal_hz or busy > self.calm_busy or queued:
-            self._calm_since = None
+        span = period * max(1, math.ceil((self.calm_s - self.window_s) / period - 1e-9))
+        failed = self._failed.get(self.step - 1, 0)
+        wait = min(self.retry_max_s, self.retry_s * 2 ** (failed - 1)) if failed else 0.0
+        if clean < span or since < wait:
             return False
-        if self._calm_since is None:
-            self._calm_since = now
-        up = min(self.normal_hz, self.hz * 2)
-        wait = self.retry_s if up >= self._too_fast_hz else self.calm_s
-        if now - self._calm_since >= wait and since >= wait:
-            self.hz = up
-            self._changed_at = self._calm_since = now   # the next step up after calm_s more
-            if up >= self._too_fast_hz:
-                self._too_fast_hz = float("inf")         # it keeps up now: the link got faster
-            return True
-        return False
+        measured, most_queued = self._mean(now, span)
+        up = self.normal_hz / 2 ** (self.step - 1)
+        if most_queued or measured * up / self.hz >= self.fit * self.slow_busy:
+            return False   # the doubled rate would not fit with room to spare
+        return self._change(self.step - 1, now, queued)
 
     @property
     def backed_off(self) -> bool:
