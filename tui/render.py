@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from rich.markup import escape as _escape_markup
+from rich.style import Style
 from rich.text import Text
 from textual.color import Color
 
@@ -41,6 +42,7 @@ __all__ = [
     "safe_markup",
     "si",
     "spark",
+    "table_styles",
     "visible",
 ]
 
@@ -111,6 +113,25 @@ def palette(app) -> dict[str, str]:
     _palette_cache.clear()
     _palette_cache[key] = out
     return out
+
+
+def table_styles(widget, extra) -> dict[str, Style]:
+    """A Line API table's Rich styles from the theme — base, head, cursor, muted, and ``extra(v)``'s —
+    built once per theme (``render_line`` asks for them on every line)."""
+    v = palette(widget.app)
+    cached = getattr(widget, "_theme_styles", None)
+    if cached is not None and cached[0] is v:
+        return cached[1]
+    fg = v.get("foreground", "white")
+    styles = {
+        "base": Style.parse(f"{fg} on {v.get('surface', 'black')}"),
+        "head": Style.parse(f"bold {fg} on {v.get('panel', 'black')}"),
+        "cursor": Style.parse(f"bold {fg} on {v.get('accent', 'blue')}"),
+        "muted": Style.parse(v.get("foreground-muted", "grey50")),
+        **extra(v),
+    }
+    widget._theme_styles = (v, styles)
+    return styles
 
 
 OVER_MARK = "▲"   # a value above a chart's scale: drawn at the top, counted and labelled beside

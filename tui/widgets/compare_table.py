@@ -21,7 +21,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from ..compare_state import ABSENT, NO_DATA, NO_TIMING, TOO_FEW, Cell, CompareState, Row
-from ..render import fmt_ms, palette, visible
+from ..render import fmt_ms, table_styles, visible
 from .keys import CURSOR_BINDINGS
 from .quiet import QuietLines
 
@@ -128,22 +128,13 @@ class CompareTable(QuietLines, ScrollView, can_focus=True):
         self._repaint()
 
     def _styles(self) -> dict[str, Style]:
-        v = palette(self.app)
-        if getattr(self, "_styles_for", None) is v:
-            return self._style_cache
-        self._styles_for = v
-        fg = v.get("foreground", "white")
-        cache = {
-            "base": Style.parse(f"{fg} on {v.get('surface', 'black')}"),
-            "head": Style.parse(f"bold {fg} on {v.get('panel', 'black')}"),
-            "cursor": Style.parse(f"bold {fg} on {v.get('accent', 'blue')}"),
-            "step": Style.parse("bold"),
-            "muted": Style.parse(v.get("foreground-muted", "grey50")),
-        }
-        for verdict, var in VERDICT_COLOR.items():
-            cache[verdict] = Style.parse(("bold " if var in ("success", "error") else "") + v.get(var, fg))
-        self._style_cache = cache
-        return cache
+        def verdicts(v: dict[str, str]) -> dict[str, Style]:
+            fg = v.get("foreground", "white")
+            return {"step": Style.parse("bold"),
+                    **{verdict: Style.parse(("bold " if var in ("success", "error") else "") + v.get(var, fg))
+                       for verdict, var in VERDICT_COLOR.items()}}
+
+        return table_styles(self, verdicts)
 
     def _window(self, width: int) -> tuple[list[str], bool, int]:
         """(the labels shown, with intervals, name width)."""

@@ -20,7 +20,7 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
-from ..render import bar, fmt_cycles, fmt_ms, palette, spark, visible
+from ..render import bar, fmt_cycles, fmt_ms, spark, table_styles, visible
 from ..state import LayerView
 from .keys import CURSOR_BINDINGS
 from .quiet import QuietLines
@@ -131,21 +131,11 @@ class LayerTable(QuietLines, ScrollView, can_focus=True):
         self._name_width = max(NAME_MIN, width - sum(c.width for c in self._columns))
 
     def _styles(self) -> dict[str, Style]:
-        """Rich styles from the theme; rebuilt only when the theme changes (render_line is hot)."""
-        v = palette(self.app)
-        if getattr(self, "_styles_for", None) is v:
-            return self._style_cache
-        self._styles_for = v
-        self._style_cache = {
-            "base": Style.parse(f"{v.get('foreground', 'white')} on {v.get('surface', 'black')}"),
-            "head": Style.parse(f"bold {v.get('foreground', 'white')} on {v.get('panel', 'black')}"),
-            "cursor": Style.parse(f"bold {v.get('foreground', 'white')} on {v.get('accent', 'blue')}"),
+        return table_styles(self, lambda v: {
             "slow": Style.parse(f"bold {v.get('warning', 'yellow')}"),
             "outlier": Style.parse(f"bold {v.get('error', 'red')}"),
             "bar": Style.parse(v.get("primary", "blue")),
-            "muted": Style.parse(v.get("foreground-muted", "grey50")),
-        }
-        return self._style_cache
+        })
 
     # -- rendering --------------------------------------------------------------------------------
     def _line_cells(self, y: int) -> list[Segment]:

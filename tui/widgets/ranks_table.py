@@ -15,7 +15,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from ..rank_state import RankView
-from ..render import fmt_ms, palette, visible
+from ..render import fmt_ms, table_styles, visible
 from .keys import CURSOR_BINDINGS
 
 RANK_W = 10
@@ -51,18 +51,7 @@ class RankTable(ScrollView, can_focus=True):
         self.refresh()
 
     def _styles(self) -> dict[str, Style]:
-        v = palette(self.app)
-        if getattr(self, "_styles_for", None) is v:
-            return self._style_cache
-        self._styles_for = v
-        self._style_cache = {
-            "base": Style.parse(f"{v.get('foreground', 'white')} on {v.get('surface', 'black')}"),
-            "head": Style.parse(f"bold {v.get('foreground', 'white')} on {v.get('panel', 'black')}"),
-            "cursor": Style.parse(f"bold {v.get('foreground', 'white')} on {v.get('accent', 'blue')}"),
-            "culprit": Style.parse(f"bold {v.get('warning', 'yellow')}"),
-            "muted": Style.parse(v.get("foreground-muted", "grey50")),
-        }
-        return self._style_cache
+        return table_styles(self, lambda v: {"culprit": Style.parse(f"bold {v.get('warning', 'yellow')}")})
 
     def _shown_ranks(self, width: int) -> tuple[int, int]:
         """(ranks that fit, name width)."""
