@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import cli_env
+from test_live import Live as LiveBase
+from test_live import _n_steps
 from tui_fakes import BLOCK_LAYERS, CPU_CLOCK_MHZ, STEP_NS, make_cpu_sample, make_header, make_step
 
 from llm_moments.engine import cli
@@ -133,8 +133,10 @@ def args_for(*extra: str) -> argparse.Namespace:
     return cli.build_parser()[0].parse_args(["compare", *TINY, *extra])
 
 
-class Live:
+class Live(LiveBase):
     """A CompareLiveSource, what its child sent (raw, before the split) and what the main screen got."""
+
+    WAIT_S = 90.0
 
     def __init__(self, source: CompareLiveSource):
         self.source, self.records, self.main = source, [], []
@@ -148,20 +150,9 @@ class Live:
         self.main += out
         return out
 
-    def wait(self, what, timeout: float = 90.0, why: str = "") -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while not what(self.pump()):
-            assert time.monotonic() < deadline, f"{why or what} never came; exit {self.source.proc.poll()}; " \
-                                                f"stderr: {''.join(self.source._stderr_tail)[-800:]}"
-            time.sleep(0.02)
-        return self.records
-
     def pump(self) -> list[dict]:
-        self.source.drain()
+        self.source.drain()   # the split keeps the raw records (self._split)
         return self.records
-
-    def of_type(self, rtype: str) -> list[dict]:
-        return [r for r in self.pump() if r.get("type") == rtype]
 
     def analyses(self) -> list[dict]:
         return [r for r in self.of_type("compare") if "analysis" in r]
@@ -186,13 +177,6 @@ def live(monkeypatch, tmp_path):
         if lv.source.proc is not None and lv.source.proc.poll() is None:
             lv.source.proc.kill()
             lv.source.proc.wait()
-
-
-def _steps_in(path: Path) -> int:
-    try:
-        return path.read_text(encoding="utf-8").count('"type":"step"')
-    except FileNotFoundError:
-        return 0
 
 
 # -- the child --------------------------------------------------------------------------------------
@@ -250,7 +234,7 @@ def test_record_stop_record_then_quit_close_both_recordings(live, tmp_path, caps
     lv.source.stop_recording()
     lv.wait(lambda rs: [r.get("path") for r in lv.of_type("recording")] == [str(a), None], why="a closed")
     assert lv.source.start_recording(str(b)) == str(b)
-    lv.wait(lambda rs: _steps_in(b) >= 6, why="steps in b.jsonl")
+    lv.wait(lambda rs: _n_steps(b) >= 6, why="steps in b.jsonl")
     lv.source.stop(timeout_s=60)
     assert lv.source.exit_code == 0
     assert lv.of_type("footer")[0]["reason"] == "completed" and lv.of_type("error") == []
@@ -273,7 +257,7 @@ def test_record_stop_record_then_quit_close_both_recordings(live, tmp_path, caps
 def test_the_ui_going_away_ends_it_interrupted_with_the_recording_closed(live, tmp_path):
     path = tmp_path / "c.jsonl"
     lv = live("--rounds", "100000", "--variant", "base:", "--variant", "B:", "--record", str(path))
-    lv.wait(lambda rs: _steps_in(path) >= 4, why="recorded steps")
+    lv.wait(lambda rs: _n_steps(path) >= 4, why="recorded steps")
     lv.source.stop(timeout_s=60, interrupted=True)
     assert lv.source.exit_code == 130
     rec = load(path)

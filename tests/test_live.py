@@ -42,8 +42,10 @@ class Live:
         self.records += self.source.drain()
         return self.records
 
-    def wait(self, what, timeout: float = 60.0, why: str = "") -> list[dict]:
-        deadline = time.monotonic() + timeout
+    WAIT_S = 60.0
+
+    def wait(self, what, timeout: float | None = None, why: str = "") -> list[dict]:
+        deadline = time.monotonic() + (self.WAIT_S if timeout is None else timeout)
         while not what(self.pump()):
             assert time.monotonic() < deadline, f"{why or what} never came; exit {self.source.proc.poll()}; " \
                                                 f"stderr: {''.join(self.source._stderr_tail)[-800:]}"
